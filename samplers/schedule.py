@@ -1,0 +1,161 @@
+"""The noise schedule: the only place that knows alpha_bar and how a timestep maps to it.
+
+Two conventions for reading the discrete table ``alphas_cumprod`` (index 0..T-1) at a model timestep ``t``
+(see ../shared/reference/README.md):
+
+* ``standard`` (DDIM, diffusers with ``set_alpha_to_one=True``): alpha_bar(t) = alphas_cumprod[t], and
+  t = -1 (the end of sampling) means alpha_bar = 1, i.e. clean data.
+* ``official`` (the released PNDM code): alpha_bar(t) = alphas_cumprod[t + 1]; the final step to t = -1 lands on
+  alphas_cumprod[0], and t = T - 1 would read past the end of the table.
+
+Fractional timesteps (Runge-Kutta midpoints) are floored for the table index in both conventions, exactly like
+the released code, while the model itself receives the float timestep.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = ("linear", "quad", "cosine")
+CONVENTIONS = ("standard", "official")
+
+
+def check_convention(convention: str) -> str:
+    name = str(convention).lower()
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    return name
+
+
+def _cosine_f(s):
+    """Nichol & Dhariwal's cosine schedule, alpha_bar(s) up to normalisation (offset 0.008)."""
+    return np.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def make_betas(kind: str, beta_start: float, beta_end: float, num_timesteps: int) -> np.ndarray:
+    """Betas in float64, as the released code computes them (they are cast to float32 afterwards)."""
+    T = num_timesteps
+    if kind == "linear":
+        return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    if kind == "quad":
+        return np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+    if kind == "cosine":
+        i = np.arange(T, dtype=np.float64)
+        return np.minimum(1 - _cosine_f((i + 1) / T) / _cosine_f(i / T), 0.999)
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete DDPM noise schedule with T = ``num_timesteps`` steps.
+
+    ``betas`` and ``alphas_cumprod`` are float32 numpy arrays: betas are computed in float64, cast to float32,
+    and the cumulative product is taken in float32 — the released code's arithmetic, which the golden samples
+    depend on at the 1e-6 level.
+    """
+
+    kind: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    num_timesteps: int = 1000
+    betas: np.ndarray = field(init=False, repr=False, compare=False)
+    alphas_cumprod: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        kind = str(self.kind).lower()
+        if kind not in KINDS:
+            raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if int(self.num_timesteps) < 2:
+            raise ValueError(f"num_timesteps must be at least 2, got {self.num_timesteps}")
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "num_timesteps", int(self.num_timesteps))
+        betas = make_betas(kind, self.beta_start, self.beta_end, self.num_timesteps).astype(np.float32)
+        if not (np.all(betas > 0) and np.all(betas < 1)):
+            raise ValueError("betas must lie in (0, 1)")
+        alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        betas.setflags(write=False)
+        alphas_cumprod.setflags(write=False)
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas_cumprod", alphas_cumprod)
+
+    @classmethod
+    def from_config(cls, section: dict) -> "NoiseSchedule":
+        """Build from a config's ``Schedule`` section (keys as in the released configs)."""
+        section = dict(section)
+        known = {"type", "beta_start", "beta_end", "diffusion_step"}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown Schedule key(s) {unknown}; expected {sorted(known)}")
+        return cls(
+            kind=section.get("type", "linear"),
+            beta_start=float(section.get("beta_start", 1e-4)),
+            beta_end=float(section.get("beta_end", 0.02)),
+            num_timesteps=int(section.get("diffusion_step", 1000)),
+        )
+
+    @property
+    def T(self) -> int:
+        return self.num_timesteps
+
+    # ----------------------------------------------------------------------------------------------------------
+    # discrete time, as the samplers see it
+    def alpha_bar(self, t: float, convention: str = "standard") -> float:
+        """alpha_bar at model timestep ``t`` (a float in [-1, T-1]) under ``convention``; floors fractional t."""
+        convention = check_convention(convention)
+        i = math.floor(t)
+        if convention == "official":
+            i += 1
+        elif i < 0:
+            return 1.0
+        if not 0 <= i < self.T:
+            raise ValueError(f"timestep {t} is outside the {convention} table of a {self.T}-step schedule")
+        return float(self.alphas_cumprod[i])
+
+    def alpha_bar_interp(self, t):
+        """alpha_bar linearly interpolated between table entries at float timesteps (clamped to [0, T-1]).
+
+        This is the continuous extension the analytic reference model uses, so that a model evaluated at a
+        Runge-Kutta midpoint sees a noise level between its neighbours.
+        """
+        t = np.clip(np.asarray(t, dtype=np.float64), 0, self.T - 1)
+        return np.interp(t, np.arange(self.T, dtype=np.float64), self.alphas_cumprod.astype(np.float64))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # continuous time s in [0, 1], for the probability-flow ODE
+    def _continuous_betas(self):
+        b0, b1 = float(self.betas[0]), float(self.betas[-1])
+        return b0, b1
+
+    def log_alpha_bar_continuous(self, s: float) -> float:
+        """log alpha_bar(s) of the continuous-time VP process matching this schedule, s in [0, 1].
+
+        For ``linear`` this is the VP SDE of Song et al. with beta(s) = (beta_0 + s(beta_1 - beta_0))·T, as the
+        released PF solver uses; ``quad`` integrates beta(s) = (sqrt(beta_0) + s(sqrt(beta_1) - sqrt(beta_0)))²·T;
+        ``cosine`` is the closed form f(s)/f(0).
+        """
+        T = self.T
+        if self.kind == "linear":
+            b0, b1 = self._continuous_betas()
+            # -integral_0^s beta = -(beta_0 s + (beta_1 - beta_0) s^2 / 2) T  (twice the released log_mean_coeff)
+            return -(b0 * s + 0.5 * (b1 - b0) * s * s) * T
+        if self.kind == "quad":
+            r0, r1 = (float(v) ** 0.5 for v in self._continuous_betas())
+            d = r1 - r0
+            # integral_0^s (r0 + u d)^2 du = r0^2 s + r0 d s^2 + d^2 s^3 / 3
+            return -T * (r0 * r0 * s + r0 * d * s * s + d * d * s**3 / 3)
+        return float(np.log(_cosine_f(s) / _cosine_f(0.0)))
+
+    def beta_continuous(self, s: float) -> float:
+        """beta(s) = -d log alpha_bar / ds of the continuous process."""
+        T = self.T
+        if self.kind == "linear":
+            b0, b1 = self._continuous_betas()
+            return (b0 + s * (b1 - b0)) * T
+        if self.kind == "quad":
+            r0, r1 = (float(v) ** 0.5 for v in self._continuous_betas())
+            return (r0 + s * (r1 - r0)) ** 2 * T
+        # d/ds log cos^2(u) = -2 tan(u) du/ds with u = (s + 0.008)/1.008 · pi/2
+        u = (s + 0.008) / 1.008 * math.pi / 2
+        return 2 * math.tan(u) * math.pi / (2 * 1.008)

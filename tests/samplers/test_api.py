@@ -1,0 +1,172 @@
+"""The public entry point: names, errors, NFE accounting, grids, batch invariance, dtypes, callbacks."""
+import math
+
+import pytest
+import torch
+
+from models import GaussianMixture
+from samplers import NoiseSchedule, available, expected_nfe, sample, uniform_grid
+
+SCHEDULE = NoiseSchedule("linear")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GaussianMixture.random(3, (2, 4, 4), seed=0, schedule=SCHEDULE)
+
+
+def noise(n, seed=0, dtype=torch.float32):
+    return torch.randn(n, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_available_lists_the_paper_methods():
+    assert {"DDIM", "S-PNDM", "F-PNDM", "FON", "PF", "DDPM"} <= set(available())
+
+
+@pytest.mark.parametrize("name", ["f-pndm", "F-pndm", "s-PNDM", "ddim", "Fon"])
+def test_method_names_case_insensitive(model, name):
+    canonical = next(m for m in available() if m.upper() == name.upper())
+    a = sample(model, noise(2), SCHEDULE, method=name, steps=10)
+    b = sample(model, noise(2), SCHEDULE, method=canonical, steps=10)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="RK45", steps=10), "unknown method 'RK45'.*DDIM"),
+    (dict(method="DDIM", steps=10, convention="ddim"), "unknown convention 'ddim'.*standard.*official"),
+    (dict(method="DDIM", steps=0), "at least 1"),
+    (dict(method="DDIM", steps=1001), "exceeds"),
+    (dict(method="DDIM", steps=2.5), "integer"),
+    (dict(method="DDIM"), "needs steps"),
+    (dict(method="PF", steps=10), "adaptive"),
+    (dict(method="F-PNDM", steps=10, eta=0.5), "eta applies to DDIM only"),
+    (dict(method="DDIM", steps=1000, convention="official"), "past the end.*convention='standard'"),
+    (dict(method="DDIM", steps=333, convention="official"), "past the end"),
+])
+def test_bad_arguments_raise_value_error(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(model, noise(1), SCHEDULE, **kwargs)
+
+
+def test_unknown_schedule_names_choices():
+    with pytest.raises(ValueError, match="unknown schedule 'sigmoid'.*linear, quad, cosine"):
+        NoiseSchedule("sigmoid")
+
+
+def test_non_finite_eps_names_step_and_timestep(model):
+    def broken(x, t):
+        e = model(x, t)
+        return e * float("nan") if t[0] < 500 else e
+
+    with pytest.raises(FloatingPointError, match=r"step 6/10 \(timestep t=400\)"):
+        sample(broken, noise(2), SCHEDULE, method="DDIM", steps=10)
+
+
+def test_wrong_output_shape_is_reported(model):
+    learned_sigma = lambda x, t: torch.cat([model(x, t), model(x, t)], dim=1)
+    with pytest.raises(ValueError, match="expected ε with the input's shape"):
+        sample(learned_sigma, noise(2), SCHEDULE, method="DDIM", steps=10)
+
+
+@pytest.mark.parametrize("method, extra", [("DDIM", 0), ("S-PNDM", 1), ("F-PNDM", 9), ("FON", 9), ("DDPM", 0)])
+@pytest.mark.parametrize("steps", [5, 10, 33, 50])
+@pytest.mark.parametrize("convention", ["standard", "official"])
+def test_nfe_accounting(model, method, extra, steps, convention):
+    _, info = sample(model, noise(1), SCHEDULE, method=method, steps=steps, convention=convention,
+                     generator=torch.Generator().manual_seed(0), return_info=True)
+    n_steps = len(info.timesteps) - 1
+    assert n_steps == (steps if convention == "standard" else len(range(0, 1000, 1000 // steps)))
+    assert info.nfe == n_steps + extra == expected_nfe(method, steps, SCHEDULE, convention)
+    assert len(info.model_timesteps) == info.nfe
+
+
+def test_nfe_with_fewer_steps_than_warmup(model):
+    # Runge-Kutta warm-up only runs for the steps that exist: 2 steps of F-PNDM cost 8 evaluations.
+    _, info = sample(model, noise(1), SCHEDULE, method="F-PNDM", steps=2, return_info=True)
+    assert info.nfe == 8 == expected_nfe("F-PNDM", 2, SCHEDULE)
+    _, info = sample(model, noise(1), SCHEDULE, method="S-PNDM", steps=1, return_info=True)
+    assert info.nfe == 2
+
+
+def test_grids():
+    assert uniform_grid(SCHEDULE, 10) == [900.0, 800.0, 700.0, 600.0, 500.0, 400.0, 300.0, 200.0, 100.0, 0.0, -1.0]
+    assert len(uniform_grid(SCHEDULE, 33, "official")) - 1 == 34  # the released grid, range(0, 1000, 30)
+    assert len(uniform_grid(SCHEDULE, 33, "standard")) - 1 == 33
+    assert uniform_grid(SCHEDULE, 1000)[0] == 999.0
+
+
+def test_conventions_differ_only_in_alpha_indexing():
+    assert SCHEDULE.alpha_bar(-1, "standard") == 1.0
+    assert SCHEDULE.alpha_bar(-1, "official") == pytest.approx(float(SCHEDULE.alphas_cumprod[0]))
+    assert SCHEDULE.alpha_bar(417.5, "standard") == float(SCHEDULE.alphas_cumprod[417])
+    assert SCHEDULE.alpha_bar(417.5, "official") == float(SCHEDULE.alphas_cumprod[418])
+
+
+@pytest.mark.parametrize("method", ["DDIM", "S-PNDM", "F-PNDM", "FON", "PF"])
+def test_batch_invariance(model, method):
+    x = noise(5, seed=3)
+    kw = {} if method == "PF" else {"steps": 20}
+    together = sample(model, x, SCHEDULE, method=method, **kw)
+    for i in (0, 3):
+        alone = sample(model, x[i:i + 1], SCHEDULE, method=method, **kw)
+        tol = 1e-4 if method == "PF" else 1e-6  # PF's adaptive steps depend on the whole state
+        torch.testing.assert_close(alone[0], together[i], atol=tol, rtol=0)
+
+
+def test_ancestral_batch_invariance_with_per_sample_generators(model):
+    x = noise(4, seed=5)
+    gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]
+    together = sample(model, x, SCHEDULE, method="DDPM", steps=50, generator=gens(range(4)))
+    alone = sample(model, x[2:3], SCHEDULE, method="DDPM", steps=50, generator=gens([2]))
+    torch.testing.assert_close(alone[0], together[2], atol=1e-6, rtol=0)
+    again = sample(model, x, SCHEDULE, method="DDPM", steps=50, generator=gens(range(4)))
+    assert torch.equal(together, again)
+
+
+@pytest.mark.parametrize("method", ["DDIM", "S-PNDM", "F-PNDM", "FON", "PF", "DDPM"])
+def test_float64_inputs(model, method):
+    kw = {} if method == "PF" else {"steps": 20}
+    g = lambda: torch.Generator().manual_seed(0)
+    x64 = sample(model, noise(3, dtype=torch.float64), SCHEDULE, method=method, generator=g(), **kw)
+    x32 = sample(model, noise(3, dtype=torch.float64).float(), SCHEDULE, method=method, generator=g(), **kw)
+    assert x64.dtype == torch.float64
+    # PF's adaptive step control reacts to float32 rounding; 1e-3 is its tolerance against the released code too
+    torch.testing.assert_close(x64.float(), x32, atol=1e-3 if method == "PF" else 2e-4, rtol=0)
+
+
+def test_callback_sees_every_step_and_running_nfe(model):
+    seen = []
+    sample(model, noise(2), SCHEDULE, method="F-PNDM", steps=10, callback=lambda s: seen.append(
+        (s["step"], s["t"], s["t_next"], s["nfe"])))
+    assert [s[0] for s in seen] == list(range(10))
+    assert [s[3] for s in seen] == [4, 8, 12, 13, 14, 15, 16, 17, 18, 19]
+    assert seen[0][1:3] == (900.0, 800.0) and seen[-1][1:3] == (0.0, -1.0)
+
+
+def test_sampler_keeps_no_state_between_calls(model):
+    a = sample(model, noise(2, seed=1), SCHEDULE, method="F-PNDM", steps=10)
+    sample(model, noise(2, seed=2), SCHEDULE, method="F-PNDM", steps=20)
+    b = sample(model, noise(2, seed=1), SCHEDULE, method="F-PNDM", steps=10)
+    assert torch.equal(a, b)
+
+
+def test_ddim_eta_zero_is_ddim_and_eta_adds_noise(model):
+    g = lambda: torch.Generator().manual_seed(0)
+    det = sample(model, noise(2), SCHEDULE, method="DDIM", steps=20)
+    torch.testing.assert_close(sample(model, noise(2), SCHEDULE, method="DDIM", steps=20, eta=0.0), det)
+    sto = sample(model, noise(2), SCHEDULE, method="DDIM", steps=20, eta=1.0, generator=g())
+    assert not torch.allclose(sto, det, atol=1e-3)
+    ddpm = sample(model, noise(2), SCHEDULE, method="DDPM", steps=20, generator=g())
+    torch.testing.assert_close(sto, ddpm)
+
+
+def test_ddpm_samples_the_data_distribution():
+    """1000-step ancestral sampling of one Gaussian N(mu, s² I) reproduces its mean and variance."""
+    mu = torch.linspace(-1, 1, 8).reshape(1, 2, 2, 2)
+    model = GaussianMixture(mu.numpy(), 0.09, schedule=SCHEDULE)
+    n = 4000
+    x_T = torch.randn(n, 2, 2, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x0 = sample(model, x_T, SCHEDULE, method="DDPM", steps=1000, generator=torch.Generator().manual_seed(8))
+    z = (x0 - mu) / 0.3  # standardised: should be N(0, 1) per coordinate
+    assert abs(z.mean().item()) < 4 / math.sqrt(z.numel())
+    assert abs(z.var().item() - 1) < 0.05

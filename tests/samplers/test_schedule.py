@@ -1,0 +1,49 @@
+"""NoiseSchedule against diffusers' independent implementation and its own continuous extension."""
+import numpy as np
+import pytest
+
+from samplers import NoiseSchedule
+
+DIFFUSERS_NAME = {"linear": "linear", "quad": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+@pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
+def test_betas_match_diffusers(kind):
+    from diffusers import DDPMScheduler
+
+    ours = NoiseSchedule(kind)
+    theirs = DDPMScheduler(num_train_timesteps=1000, beta_schedule=DIFFUSERS_NAME[kind])
+    np.testing.assert_allclose(ours.betas, theirs.betas.numpy(), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=1e-5, atol=0)
+
+
+def test_from_config_and_unknown_key():
+    s = NoiseSchedule.from_config({"type": "quad", "beta_start": 1e-4, "beta_end": 0.02, "diffusion_step": 500})
+    assert (s.kind, s.T) == ("quad", 500)
+    with pytest.raises(ValueError, match="unknown Schedule key.*'steps'"):
+        NoiseSchedule.from_config({"type": "linear", "steps": 10})
+
+
+@pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
+def test_continuous_beta_is_minus_derivative_of_log_alpha_bar(kind):
+    s = NoiseSchedule(kind)
+    for u in (0.01, 0.3, 0.7, 0.95):
+        h = 1e-6
+        numeric = -(s.log_alpha_bar_continuous(u + h) - s.log_alpha_bar_continuous(u - h)) / (2 * h)
+        assert s.beta_continuous(u) == pytest.approx(numeric, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
+def test_continuous_extension_tracks_the_table(kind):
+    """ā(s = (t+1)/T) of the continuous process is the table's ā_t up to O(1/T) discretisation."""
+    s = NoiseSchedule(kind)
+    t = np.arange(0, 900, 50)
+    cont = np.array([s.log_alpha_bar_continuous((i + 1) / s.T) for i in t])
+    np.testing.assert_allclose(cont, np.log(s.alphas_cumprod[t]), rtol=0.02, atol=2e-3)
+
+
+def test_interpolation_hits_the_table_at_integers():
+    s = NoiseSchedule("linear")
+    np.testing.assert_array_equal(s.alpha_bar_interp([0, 417, 999]), s.alphas_cumprod[[0, 417, 999]])
+    mid = s.alpha_bar_interp(417.5)
+    assert s.alphas_cumprod[418] < mid < s.alphas_cumprod[417]
