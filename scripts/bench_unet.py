@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""UNet throughput: images/s of ε(x, t) for the CIFAR-10 DDPM UNet at each precision of the inference fast path,
+against the plain float32 eager model measured in the same process, with each one's deviation from it.
+
+    python scripts/bench_unet.py                       # random weights, batch 8, fp32/bf16/fp16
+    python scripts/bench_unet.py --compile --batch 64 --checkpoint ~/ckpt/ddim_cifar10.ckpt
+
+Precisions the device cannot run are listed as skipped. Timings on a shared machine are noisy: the baseline and
+the fast paths are measured in rounds that alternate, and the median round is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.checkpoints import KNOWN_MODEL_CONFIGS, build_model, load_model  # noqa: E402
+from models.inference import precision_supported, prepare_for_inference  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn, x, t, device, iters: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(x, t)
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=5, help="calls per timing round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd fast paths")
+    parser.add_argument("--checkpoint", help="CIFAR-10 checkpoint (any format load_model reads)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = KNOWN_MODEL_CONFIGS["cifar10"]
+    model = load_model(config, args.checkpoint) if args.checkpoint else build_model(config).eval()
+    model = model.to(device)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    t = torch.linspace(10.5, 990.5, args.batch, device=device)
+
+    def baseline(x_, t_):
+        with torch.no_grad():
+            return model(x_, t_)
+
+    contenders = {"fp32 eager (baseline)": baseline}
+    skipped = []
+    for precision in args.precisions.split(","):
+        for compiled in (False, True) if args.compile else (False,):
+            name = f"{precision} fast path" + (" + compile" if compiled else "")
+            if not precision_supported(precision, device):
+                skipped.append(name)
+                continue
+            contenders[name] = prepare_for_inference(model, precision, compile=compiled)
+
+    reference = baseline(x, t)
+    errors = {}
+    for name, fn in contenders.items():  # warm-up (and compilation) outside the timed rounds
+        out = fn(x, t)
+        fn(x, t)
+        errors[name] = ((out.float() - reference).norm() / reference.norm()).item()
+
+    rounds = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            rounds[name].append(seconds_per_call(fn, x, t, device, args.iters))
+    seconds = {name: statistics.median(r) for name, r in rounds.items()}
+    base = seconds["fp32 eager (baseline)"]
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"\n## CIFAR-10 DDPM UNet (35.7M parameters), batch {args.batch}, {device} ({gpu}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n")
+    print("| path | images/s | × baseline | relative ε deviation |")
+    print("|---|---|---|---|")
+    for name, sec in seconds.items():
+        print(f"| {name} | {args.batch / sec:.1f} | {base / sec:.2f} | {errors[name]:.1e} |")
+    for name in skipped:
+        print(f"| {name} | skipped: not supported on {device} | — | — |")
+
+
+if __name__ == "__main__":
+    main()
