@@ -85,7 +85,10 @@ class NoiseSchedule:
         """Build from a config's ``Schedule`` section (keys as in the released configs)."""
         section = dict(section)
         known = {"type", "beta_start", "beta_end", "diffusion_step"}
-        unknown = sorted(set(section) - known)
+        # flags of the released iDDPM config that describe the model, not alpha_bar
+        model_flags = {"learn_sigma", "sigma_small", "noise_schedule", "use_kl", "predict_xstart",
+                       "rescale_timesteps", "rescale_learned_sigmas", "timestep_respacing"}
+        unknown = sorted(set(section) - known - model_flags)
         if unknown:
             raise ValueError(f"unknown Schedule key(s) {unknown}; expected {sorted(known)}")
         return cls(

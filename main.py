@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""PNDM: sample, evaluate and train diffusion models from a YAML config.
+
+    python main.py sample --config configs/cifar10.yml --ckpt ema_cifar10.ckpt --method F-PNDM --steps 50 \\
+        --num-samples 50000 --out runs/cifar10/f-pndm-50
+    python main.py fid    --config configs/cifar10.yml --samples runs/cifar10/f-pndm-50
+    python main.py stats  --config configs/cifar10.yml --out fid_stats_cifar10_train.npz
+    python main.py ablate --config configs/digits.yml --out runs/digits-ablation
+    python main.py train  --config configs/digits.yml --workdir runs/digits-train
+
+Each subcommand has --help. Any config key can be overridden with --set Section.key=value.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from samplers import CONVENTIONS, available
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="Section.key=value",
+                   help="override a config key (repeatable)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+
+
+def _sampling(p: argparse.ArgumentParser, defaults_from_config: bool = True) -> None:
+    p.add_argument("--ckpt", default=None, help="checkpoint file or diffusers folder (default: Model.ckpt)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (runs code from the file: only for files "
+                        "you trust)")
+    # no argparse choices: a bad value gets the same one-line error as a bad config value
+    p.add_argument("--convention", default=None,
+                   help=f"alpha indexing, one of {', '.join(CONVENTIONS)}: 'standard' (DDIM/diffusers, default) or "
+                        f"'official' (the released code's alphas_cumprod[t+1])")
+    p.add_argument("--batch-size", type=int, default=None, help="default: Sample.batch_size")
+    p.add_argument("--seed", type=int, default=None, help="base seed; sample i uses a generator seeded from "
+                                                           "(seed, i) (default: Sample.seed or 0)")
+    p.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,fid,stats,ablate,train}")
+
+    p = sub.add_parser("sample", help="sample images to PNG files (resumable, torchrun-aware)")
+    _common(p)
+    _sampling(p)
+    p.add_argument("--method", default=None, help=f"one of {', '.join(available())} (default: Sample.method)")
+    p.add_argument("--steps", type=int, default=None, help="number of steps (default: Sample.steps)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM only: stochasticity η (0 = deterministic)")
+    p.add_argument("--num-samples", type=int, default=None, help="default: Sample.total_num")
+    p.add_argument("--out", required=True, help="output folder: DIR/000000.png … and DIR/manifest.json")
+    p.add_argument("--fid", action="store_true", help="compute the FID of the samples when done")
+    p.add_argument("--stats", default=None, help="with --fid: reference statistics (default: FID.stats)")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+
+    p = sub.add_parser("fid", help="FID of a folder of samples against reference statistics")
+    _common(p)
+    p.add_argument("--samples", required=True, help="folder of images (e.g. written by 'sample')")
+    p.add_argument("--stats", default=None, help="reference statistics .npz (default: FID.stats)")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    p.add_argument("--batch-size", type=int, default=None, help="feature batch size (default: FID.batch_size)")
+
+    p = sub.add_parser("stats", help="reference statistics (mu, sigma) of a dataset split or an image folder")
+    _common(p)
+    p.add_argument("--source", default=None, help="image folder (default: the config's dataset, train split)")
+    p.add_argument("--split", default=None, help="dataset split when --source is not given (default: train)")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    p.add_argument("--batch-size", type=int, default=None, help="feature batch size (default: FID.batch_size)")
+
+    p = sub.add_parser("ablate", help="methods × steps × seeds: FID and distance to a reference solution")
+    _common(p)
+    _sampling(p)
+    p.add_argument("--methods", default=None, help="comma-separated (default: FID.methods)")
+    p.add_argument("--steps", default=None, help="comma-separated step counts (default: FID.steps)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: FID.seeds or 0)")
+    p.add_argument("--num-samples", type=int, default=None, help="per cell (default: FID.num_samples)")
+    p.add_argument("--stats", default=None, help="reference statistics (default: FID.stats)")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    p.add_argument("--reference-samples", type=int, default=None,
+                   help="samples per seed used for the distance to the reference solution (default: "
+                        "FID.reference_samples or 256)")
+    p.add_argument("--out", required=True, help="output folder: DIR/<method>-<steps>[-s<seed>]/, results.*")
+
+    p = sub.add_parser("train", help="train an ε-prediction DDPM (resumable, torchrun-aware)")
+    _common(p)
+    p.add_argument("--workdir", required=True, help="checkpoints, tensorboard logs and samples go here")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoints/last.pt")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from runners.commands import COMMANDS, USER_ERRORS  # imported late: --help stays fast
+
+    try:
+        COMMANDS[args.command](args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""YAML configs: load, validate against a schema, override from the command line, save.
+
+Section names follow the released PNDM configs (Schedule, Dataset, Model, Train, Optim, Sample) plus FID.
+Every key is declared here with its type, so a typo is an error that names the key and the file instead of a
+silently ignored setting. Released configs load unchanged (keys the released code reads but we do not need,
+such as ``Sample.mpi4py``, are accepted).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+# type names: int, float, bool, str, path (a str resolved against the config's folder), list[int]
+SCHEMA: dict[str, dict[str, str]] = {
+    "Schedule": {
+        "type": "str", "beta_start": "float", "beta_end": "float", "diffusion_step": "int",
+        # improved-diffusion options carried by the released iDDPM config
+        "learn_sigma": "bool", "sigma_small": "bool", "noise_schedule": "str", "use_kl": "bool",
+        "predict_xstart": "bool", "rescale_timesteps": "bool", "rescale_learned_sigmas": "bool",
+        "timestep_respacing": "str",
+    },
+    "Dataset": {
+        "dataset": "str", "image_size": "int", "channels": "int", "batch_size": "int", "logit_transform": "bool",
+        "uniform_dequantization": "bool", "gaussian_dequantization": "bool", "random_flip": "bool",
+        "rescaled": "bool", "num_workers": "int", "root": "path", "split": "str", "download": "bool", "category": "str",
+    },
+    "Model": {
+        "struc": "str", "type": "str", "image_size": "int", "in_channels": "int", "out_ch": "int", "ch": "int",
+        "ch_mult": "list[int]", "num_res_blocks": "int", "attn_resolutions": "list[int]", "dropout": "float",
+        "var_type": "str", "resamp_with_conv": "bool", "ema_rate": "float", "ema": "bool",
+        # iDDPM
+        "model_channels": "int", "out_channels": "int", "attention_resolutions": "list[int]",
+        "channel_mult": "list[int]", "dims": "int", "conv_resample": "bool", "use_scale_shift_norm": "bool",
+        "use_checkpoint": "bool", "num_heads": "int", "num_heads_upsample": "int", "rescale_timesteps": "bool",
+        # where the weights are
+        "ckpt": "path",
+    },
+    "Train": {
+        "epoch": "int", "loss_type": "str", "ema_rate": "float", "ema": "bool", "batch_size": "int",
+        "max_steps": "int", "snapshot_freq": "int", "sample_freq": "int", "log_freq": "int", "seed": "int",
+    },
+    "Optim": {
+        "weight_decay": "float", "optimizer": "str", "lr": "float", "beta1": "float", "amsgrad": "bool",
+        "eps": "float", "grad_clip": "float", "warmup": "int",
+    },
+    "Sample": {
+        "mpi4py": "bool", "batch_size": "int", "last_only": "bool", "total_num": "int", "method": "str",
+        "steps": "int", "convention": "str", "seed": "int", "precision": "str",
+    },
+    "FID": {
+        "stats": "path", "extractor": "str", "extractor_weights": "path", "num_samples": "int",
+        "batch_size": "int", "methods": "str", "steps": "str", "seeds": "str",
+        "reference_method": "str", "reference_steps": "int", "reference_samples": "int",
+    },
+}
+
+
+def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
+    def bad():
+        return ConfigError(f"{where}: expected {kind}, got {value!r}")
+
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if kind == "float":
+        if isinstance(value, bool):
+            raise bad()
+        try:
+            return float(value)  # YAML 1.1 reads '1e-4' as a string
+        except (TypeError, ValueError):
+            raise bad() from None
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise bad()
+        if kind == "path":
+            return str((base / os.path.expanduser(value)).resolve()) if value else value
+        return value
+    if kind == "list[int]":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad()
+        return list(value)
+    raise AssertionError(kind)
+
+
+def validate(cfg: Any, source: str, base: Optional[Path] = None) -> dict:
+    """Check sections, keys and types; return a normalised copy (paths resolved against ``base``)."""
+    base = base or Path.cwd()
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a config is a mapping of sections, got {type(cfg).__name__}")
+    out = {}
+    for section, body in cfg.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section {section!r}; expected one of {', '.join(SCHEMA)}")
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {section} must be a mapping")
+        out[section] = {}
+        for key, value in body.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key {section}.{key}; known keys: "
+                                  f"{', '.join(sorted(SCHEMA[section]))}")
+            out[section][key] = _coerce(value, SCHEMA[section][key], f"{source}: {section}.{key}", base)
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Read a YAML config, apply ``Section.key=value`` overrides, validate. Paths inside the file are relative
+    to the file's folder; paths given as overrides are relative to the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read YAML: {str(e).splitlines()[0]}") from None
+    cfg = validate(raw if raw is not None else {}, str(path), path.resolve().parent)
+    return apply_overrides(cfg, overrides, source=str(path))
+
+
+def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "--set") -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected Section.key=value")
+        dotted, text = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        value = yaml.safe_load(text) if text.strip() else ""
+        one = validate({section: {key: value}}, f"--set {item}", Path.cwd())
+        cfg.setdefault(section, {})[key] = one[section][key]
+    return cfg
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    """Write the effective config atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def get(cfg: dict, section: str, key: str, default: Any = None, required: bool = False) -> Any:
+    """cfg[section][key] with a default; ``required`` turns a missing key into a ConfigError naming it."""
+    value = cfg.get(section, {}).get(key, default)
+    if required and value is None:
+        raise ConfigError(f"config needs {section}.{key}")
+    return value

@@ -1,0 +1,242 @@
+"""main.py sample / fid / stats: exact files, determinism across batch sizes, processes and interruptions, FID
+against pytorch-fid, and one-line errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from main import main
+from runners.images import sample_path
+from runners.sampling import sha256_file
+
+from .conftest import REPO, write_tiny
+
+
+def files_of(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def sample(cfg, out, *extra):
+    return main(["sample", "--config", str(cfg), "--out", str(out), "--device", "cpu", *map(str, extra)])
+
+
+def test_sample_writes_exactly_the_requested_files(tiny, tmp_path):
+    cfg, ckpt = tiny
+    out = tmp_path / "out"
+    assert sample(cfg, out, "--num-samples", 10, "--method", "s-pndm", "--steps", 4) == 0
+    assert sorted(files_of(out)) == [f"{i:06d}.png" for i in range(10)]
+    with Image.open(out / "000003.png") as im:
+        assert (im.mode, im.size) == ("L", (8, 8))
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["status"], m["method"], m["steps"], m["nfe"], m["num_samples"]) == ("complete", "S-PNDM", 4, 5, 10)
+    assert m["checkpoint_sha256"] == sha256_file(ckpt)
+    assert m["config"]["Model"]["ch"] == 32 and "torch" in m["versions"]
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_images_do_not_depend_on_batch_size(tiny, tmp_path):
+    cfg, _ = tiny
+    assert sample(cfg, tmp_path / "a", "--num-samples", 9, "--batch-size", 2) == 0
+    assert sample(cfg, tmp_path / "b", "--num-samples", 9, "--batch-size", 9) == 0
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+
+
+def test_stochastic_sampler_is_reproducible_per_sample(tiny, tmp_path):
+    cfg, _ = tiny
+    assert sample(cfg, tmp_path / "a", "--num-samples", 6, "--method", "DDPM", "--steps", 10, "--batch-size", 6) == 0
+    assert sample(cfg, tmp_path / "b", "--num-samples", 6, "--method", "DDPM", "--steps", 10, "--batch-size", 4) == 0
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+
+
+def test_interrupted_run_resumes_to_the_same_files(tiny, tmp_path, monkeypatch):
+    cfg, _ = tiny
+    assert sample(cfg, tmp_path / "full", "--num-samples", 10, "--batch-size", 3) == 0
+
+    import runners.commands as commands
+
+    real_load = commands.load_eps
+    calls = {"n": 0}
+
+    def dying_load(*a, **k):
+        eps = real_load(*a, **k)
+
+        def eps_dies_in_batch_3(x, t):
+            calls["n"] += 1
+            if calls["n"] > 11:  # 5 model calls per batch: dies inside the third batch
+                raise KeyboardInterrupt
+            return eps(x, t)
+
+        return eps_dies_in_batch_3
+
+    monkeypatch.setattr(commands, "load_eps", dying_load)
+    assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 3) == 130
+    partial = files_of(tmp_path / "resumed")
+    assert len(partial) == 6 and not list((tmp_path / "resumed").rglob(".*.tmp"))
+    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["status"] == "running"
+    monkeypatch.setattr(commands, "load_eps", real_load)
+    assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 4) == 0
+    assert files_of(tmp_path / "resumed") == files_of(tmp_path / "full")
+
+
+def test_torchrun_two_gloo_processes_equal_one(tiny, tmp_path):
+    cfg, _ = tiny
+    assert sample(cfg, tmp_path / "one", "--num-samples", 7, "--method", "F-PNDM", "--steps", 5) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), "sample", "--config", str(cfg), "--out", str(tmp_path / "two"),
+           "--num-samples", "7", "--method", "F-PNDM", "--steps", "5", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert files_of(tmp_path / "two") == files_of(tmp_path / "one")
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_large_runs_use_subfolders_of_1000(tmp_path):
+    assert sample_path(tmp_path, 12345, 20000) == tmp_path / "012" / "012345.png"
+    assert sample_path(tmp_path, 12345, 10000) == tmp_path / "012345.png"
+
+
+def test_fid_of_samples_against_their_own_statistics_is_zero(tiny, tmp_path):
+    cfg, _ = tiny
+    out = tmp_path / "s"
+    assert sample(cfg, out, "--num-samples", 300, "--batch-size", 300, "--steps", 2) == 0
+    assert main(["stats", "--config", str(cfg), "--source", str(out), "--out", str(tmp_path / "st.npz"),
+                 "--device", "cpu"]) == 0
+    assert main(["fid", "--config", str(cfg), "--samples", str(out), "--stats", str(tmp_path / "st.npz"),
+                 "--device", "cpu"]) == 0
+    result = json.loads((out / "fid.json").read_text())
+    assert result["num_samples"] == 300 and abs(result["fid"]) < 1e-6
+    with np.load(tmp_path / "st.npz") as f:
+        assert str(f["extractor"]) == "digits-classifier-128" and int(f["num_images"]) == 300
+
+
+def _random_fid_inception_weights(path: Path) -> None:
+    """pytorch-fid's FID-Inception architecture with random weights, saved like the real weights file."""
+    import pytorch_fid.inception as pi
+
+    built = {}
+    real_builder = pi._inception_v3
+
+    def capture(*a, **k):
+        built["net"] = real_builder(*a, **k)
+        return built["net"]
+
+    orig = pi._inception_v3, pi.load_state_dict_from_url
+    pi._inception_v3 = capture
+    pi.load_state_dict_from_url = lambda *a, **k: built["net"].state_dict()
+    try:
+        net = pi.fid_inception_v3()
+    finally:
+        pi._inception_v3, pi.load_state_dict_from_url = orig
+    torch.save(net.state_dict(), path)
+
+
+def test_fid_equals_pytorch_fid_own_computation(tmp_path):
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    from runners.fid import FID_WEIGHTS_FILE
+
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    weights = hub / "checkpoints" / FID_WEIGHTS_FILE
+    _random_fid_inception_weights(weights)
+    rng = np.random.default_rng(0)
+    for name, shift in (("a", 0), ("b", 60)):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            img = np.clip(rng.integers(0, 196, size=(32, 32, 3)) + shift, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / name / f"{i:06d}.png")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump({"Dataset": {"image_size": 32, "channels": 3}, "FID": {"extractor": "inception"}}))
+    assert main(["stats", "--config", str(cfg), "--source", str(tmp_path / "b"), "--out", str(tmp_path / "b.npz"),
+                 "--inception-weights", str(weights), "--device", "cpu"]) == 0
+    assert main(["fid", "--config", str(cfg), "--samples", str(tmp_path / "a"), "--stats", str(tmp_path / "b.npz"),
+                 "--inception-weights", str(weights), "--device", "cpu"]) == 0
+    ours = json.loads((tmp_path / "a" / "fid.json").read_text())["fid"]
+    old_hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    try:
+        theirs = calculate_fid_given_paths([str(tmp_path / "a"), str(tmp_path / "b")], 6, "cpu", 2048,
+                                           num_workers=0)
+    finally:
+        torch.hub.set_dir(old_hub)
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_fid_refuses_statistics_of_another_extractor(tmp_path):
+    from runners.fid import StatsError, fid_from_features, load_stats
+
+    ref = load_stats(REPO / "models/weights/digits_fid_stats.npz")
+    with pytest.raises(StatsError, match="not comparable"):
+        fid_from_features(np.zeros((10, 128)), ref, "inception-v3-pool3")
+    with pytest.warns(UserWarning, match="singular"):
+        fid_from_features(np.random.default_rng(0).normal(size=(50, 128)), ref, ref["extractor"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit code 2, nothing left in --out
+
+def _bad_config(tmp_path, cfg, mutate):
+    data = yaml.safe_load(cfg.read_text())
+    mutate(data)
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing config", ["--config", "nope.yml"], "config file not found"),
+    ("unknown key", ["--config", "UNKNOWN_KEY"], "unknown key Sample.stepz"),
+    ("bad override", ["--set", "Sample.batch_size=many"], "Sample.batch_size: expected int"),
+    ("unknown method", ["--method", "RK4"], "unknown method 'RK4'"),
+    ("unknown convention", ["--convention", "ddpm"], "unknown convention 'ddpm'"),
+    ("no samples", ["--num-samples", "0"], "--num-samples must be at least 1"),
+    ("official 1000 steps", ["--steps", "1000", "--convention", "official"], "past the end"),
+    ("missing checkpoint", ["--ckpt", "missing.pt"], "checkpoint not found"),
+    ("checkpoint does not fit", ["--ckpt", "WIDE"], "does not fit"),
+    ("wrong image size", ["--set", "Dataset.image_size=32"], "image_size=8 but Dataset.image_size=32"),
+    ("NaN model", ["--ckpt", "NAN"], "non-finite"),
+    ("bad precision", ["--precision", "fp8"], "precision"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, case, args, message):
+    cfg, ckpt = tiny
+    args = list(args)
+    if "UNKNOWN_KEY" in args:
+        args[args.index("UNKNOWN_KEY")] = str(_bad_config(tmp_path, cfg, lambda d: d["Sample"].update(stepz=3)))
+    if "WIDE" in args:
+        wide = tmp_path / "wide"
+        wide.mkdir()
+        args[args.index("WIDE")] = str(write_tiny(wide, ch=64)[1])
+    if "NAN" in args:
+        sd = torch.load(ckpt, weights_only=True)
+        sd["conv_out.bias"] = torch.full_like(sd["conv_out.bias"], float("nan"))
+        torch.save(sd, tmp_path / "nan.pt")
+        args[args.index("NAN")] = str(tmp_path / "nan.pt")
+    if "--config" not in args:
+        args = ["--config", str(cfg), *args]
+    out = tmp_path / "out"
+    code = main(["sample", *args, "--out", str(out), "--device", "cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress bars aside
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    if case != "NaN model":  # a model that fails mid-run keeps nothing but its manifest
+        assert not out.exists()
+    else:
+        assert not list(out.rglob("*.png"))
+
+
+def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsys):
+    cfg, _ = tiny
+    out = tmp_path / "out"
+    assert sample(cfg, out, "--num-samples", 3) == 0
+    before = files_of(out)
+    assert sample(cfg, out, "--num-samples", 3, "--method", "S-PNDM") == 2
+    assert "different configuration (differs in: method" in capsys.readouterr().err
+    assert files_of(out) == before
