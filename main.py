@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        hint = "add --resume to the same command" if args.command == "train" else "rerun the same command"
+        print(f"interrupted: {hint} to continue where it stopped", file=sys.stderr)
         return 130
     return 0
 

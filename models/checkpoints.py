@@ -73,14 +73,18 @@ _SHOWN_KEYS = 3
 # Building
 
 
+# Model-section keys that say where the weights are, not what the network is.
+RUNNER_KEYS = ("ckpt",)
+
+
 def model_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The Model section of a full config, or the dict itself when it already is one."""
+    """The Model section of a full config, or the dict itself when it already is one (without RUNNER_KEYS)."""
     if not isinstance(cfg, Mapping):
         raise TypeError(f"expected a config dict, got {type(cfg).__name__}")
     section = cfg.get("Model", cfg)
     if not isinstance(section, Mapping):
         raise ValueError("config 'Model' section is not a mapping")
-    return dict(section)
+    return {k: v for k, v in section.items() if k not in RUNNER_KEYS}
 
 
 def _timestep_scale(cfg: Mapping[str, Any]) -> float:

@@ -81,9 +81,26 @@ def run_ablation(args) -> None:
                     print(f"seed {seed} {method:>7} {steps or '':>4}: NFE {cached['nfe']}, FID {cached['fid']:.3f}, "
                           f"RMS to reference {cached['rms']:.4g}")
         if dist.is_main:
-            write_results(out, rows)
+            floors = noise_floor(cfg, extractor, reference, num, seeds) if get(cfg, "FID", "noise_floor") else []
+            write_results(out, rows, floors)
     finally:
         teardown()
+
+
+def noise_floor(cfg, extractor, reference, num, seeds) -> list:
+    """FID of ``num`` real training images drawn with replacement (one draw per seed) against the reference
+    statistics: the best FID a perfect sampler could get at this sample count."""
+    from .datasets import image_dataset
+
+    data = image_dataset(cfg, get(cfg, "Dataset", "split", "train"))
+    floors = []
+    for seed in seeds:
+        idx = torch.randint(len(data), (num,), generator=torch.Generator().manual_seed(seed)).tolist()
+        batches = (torch.stack([data[i][0] for i in idx[lo:lo + 1000]]) for lo in range(0, num, 1000))
+        features = extract_features(extractor, batches, num, progress=False)
+        floors.append(fid_from_features(features, reference, extractor.name))
+    print(f"noise floor (real vs real, {num} images): " + ", ".join(f"{f:.3f}" for f in floors))
+    return floors
 
 
 def _read_cell(folder: Path, sha, num):
@@ -129,7 +146,7 @@ def _distance_to_reference(job, eps, schedule, n, cache, device) -> float:
     return float(((x0.double() - cache[key].double()) ** 2).mean().sqrt())
 
 
-def write_results(out: Path, rows: list) -> None:
+def write_results(out: Path, rows: list, floors=()) -> None:
     """results.csv (one row per cell and seed), results.md (the paper's layout) and plot.png."""
     out.mkdir(parents=True, exist_ok=True)
     fields = ["method", "steps", "nfe", "seed", "fid", "rms", "seconds", "num_samples"]
@@ -139,7 +156,7 @@ def write_results(out: Path, rows: list) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, out / "results.csv")
-    _atomic_text(out / "results.md", results_markdown(rows))
+    _atomic_text(out / "results.md", results_markdown(rows, floors))
     plot_results(rows, out / "plot.png")
     _log_tensorboard(out, rows)
     print(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'plot.png'}")
@@ -165,7 +182,7 @@ def _mean_sd(values):
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def results_markdown(rows: list) -> str:
+def results_markdown(rows: list, floors=()) -> str:
     cells = _group(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     steps = sorted({r["steps"] for r in rows if r["steps"] is not None})
@@ -205,6 +222,10 @@ def results_markdown(rows: list) -> str:
 
     head = (f"## Ablation: FID ({n} samples per cell, seeds {seeds}); NFE in parentheses\n\n"
             f"Mean ± sd over seeds. Every method starts from the same noise for a given seed.\n\n")
+    if len(floors):
+        mean, sd = _mean_sd(floors)
+        head += (f"Noise floor: {n} real training images drawn with replacement score FID {mean:.2f}"
+                 + (f" ± {sd:.2f}" if len(floors) > 1 else "") + " against the same statistics.\n\n")
     return (head + table("FID (NFE)", fid_cell) + "\n" +
             table("Paired FID gap to DDIM at the same steps (negative = better than DDIM)", gap_cell) + "\n" +
             table("RMS distance to the high-accuracy ODE solution from the same noise ([-1, 1] pixel units)",
@@ -227,13 +248,20 @@ def plot_results(rows: list, path: Path) -> None:
             if all(math.isnan(s[0]) for s in stats):
                 continue
             ax.errorbar(nfe, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=m)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    nfes = [r["nfe"] for r in rows]
+    ticks = [v for v in (5, 10, 20, 50, 100, 200, 500, 1000, 2000) if min(nfes) / 1.5 <= v <= max(nfes) * 1.5]
     for ax, label in zip(axes, ("FID", "RMS distance to the ODE solution")):
         ax.set_xscale("log")
-        ax.set_xlabel("NFE")
+        ax.set_yscale("log")
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("NFE (model evaluations)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    axes[1].set_yscale("log")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)

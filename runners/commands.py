@@ -38,13 +38,6 @@ def image_shape(cfg: dict) -> tuple:
     return (int(channels), int(size), int(size))
 
 
-def architecture(cfg: dict) -> dict:
-    """The config as models/ sees it: the Model section without the runner's own key (ckpt)."""
-    out = dict(cfg)
-    out["Model"] = {k: v for k, v in cfg.get("Model", {}).items() if k != "ckpt"}
-    return out
-
-
 def load_eps(cfg: dict, ckpt: str, trust: bool, precision: str, device: torch.device):
     """The checkpoint as an ε(x, t) callable in the requested precision."""
     from models import load_model
@@ -54,7 +47,7 @@ def load_eps(cfg: dict, ckpt: str, trust: bool, precision: str, device: torch.de
         raise ConfigError("no checkpoint: pass --ckpt or set Model.ckpt in the config")
     if not Path(ckpt).exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    model = load_model(architecture(cfg), ckpt, trust_pickle=trust, device=device)
+    model = load_model(cfg, ckpt, trust_pickle=trust, device=device)
     return prepare_for_inference(model, precision=precision)
 
 

@@ -59,7 +59,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "FID": {
         "stats": "path", "extractor": "str", "extractor_weights": "path", "num_samples": "int",
         "batch_size": "int", "methods": "str", "steps": "str", "seeds": "str",
-        "reference_method": "str", "reference_steps": "int", "reference_samples": "int",
+        "reference_samples": "int", "noise_floor": "bool",
     },
 }
 

@@ -167,7 +167,12 @@ def fid_from_features(features: np.ndarray, reference: dict, extractor_name: str
         warnings.warn(f"only {features.shape[0]} samples for {features.shape[1]}-d features: the covariance is "
                       f"singular and the FID is biased upwards; use at least {features.shape[1]}", stacklevel=2)
     mu, sigma = statistics(features)
-    return float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
+    with warnings.catch_warnings():
+        # pytorch-fid detects a singular covariance product itself and regularises it (printing a note);
+        # scipy's own warnings about the same product only repeat that
+        warnings.filterwarnings("ignore", module="scipy")
+        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
+        return float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
 
 
 EXTRACTORS = ("inception", "digits")

@@ -1,0 +1,28 @@
+# Shared by the shell entry points (sourced, not run).
+
+# pndm_usage SCRIPT: print the script's header comment (its usage).
+pndm_usage() { sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$1"; }
+
+# pndm_run SUBCOMMAND ARGS…: main.py from the repository root with the project's venv, under torchrun when
+# NPROC > 1, with --device "$DEVICE" when DEVICE is set (a later --device in ARGS wins).
+pndm_run() {
+  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+  local py=python
+  [ -x .venv/bin/python ] && py=.venv/bin/python
+  local launch=("$py")
+  [ "${NPROC:-1}" -gt 1 ] && launch=("$py" -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
+  local sub=$1
+  shift
+  exec "${launch[@]}" main.py "$sub" ${DEVICE:+--device "$DEVICE"} "$@"
+}
+
+# pndm_abs PATH: PATH made absolute against the caller's working directory (before pndm_run changes it).
+pndm_abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+
+# pndm_train CONFIG DEFAULT_WORKDIR [WORKDIR] [main.py train options…]
+pndm_train() {
+  local config=$1 workdir=$2
+  shift 2
+  if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then workdir=$1; shift; fi
+  pndm_run train --config "$config" --workdir "$(pndm_abs "$workdir")" "$@"
+}

@@ -1,0 +1,282 @@
+"""Training: the loss goes down, --resume is bit-exact, checkpoints are atomic and load as EMA weights, torchrun
+with two gloo processes works, and user errors surface as one line.
+
+A tiny DDPM UNet on scikit-learn's 8×8 digits keeps every run to a few seconds on two CPU cores. The torch
+thread count is pinned to one: on a shared two-core machine, OpenMP's spinning threads otherwise make every
+step a hundred times slower.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models import load_model
+from models.ema import EMA
+from runners import training
+from runners.training import (CHECKPOINT_FORMAT, NoCheckpointError, ResumeError, diffusion_loss, epoch_permutation,
+                              load_checkpoint, lr_at, rank_batches, run_training, save_atomic)
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = 64  # 1797 digits → 28 steps per epoch, so a 40-step run crosses an epoch boundary
+
+TINY = {
+    "Schedule": {"type": "linear", "beta_start": 0.0001, "beta_end": 0.02, "diffusion_step": 1000},
+    "Dataset": {"dataset": "DIGITS", "image_size": 8, "channels": 1, "random_flip": False, "num_workers": 0},
+    # ch=32, not 16: the DDPM UNet's GroupNorm has 32 groups
+    "Model": {"struc": "DDIM", "type": "simple", "image_size": 8, "in_channels": 1, "out_ch": 1, "ch": 32,
+              "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1,
+              "resamp_with_conv": True, "ckpt": "unused.pt"},  # every real config names its weights
+    "Train": {"loss_type": "linear", "batch_size": BATCH, "ema_rate": 0.9, "ema": True, "snapshot_freq": 20,
+              "sample_freq": 20, "log_freq": 1, "seed": 0},
+    "Optim": {"optimizer": "adam", "lr": 0.001, "beta1": 0.9, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
+              "grad_clip": 1.0, "warmup": 5},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_config(folder: Path, **sections) -> Path:
+    cfg = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path = folder / "tiny.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(config: Path, workdir: Path, steps: int, resume: bool = False, overrides=()) -> dict:
+    return run_training(Namespace(config=str(config), overrides=list(overrides), workdir=str(workdir),
+                                  max_steps=steps, resume=resume, device="cpu"))
+
+
+def last(workdir: Path) -> dict:
+    return load_checkpoint(workdir / "checkpoints" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """40 uninterrupted steps (snapshots and sample grids at 20 and 40)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("straight")
+    config = write_config(folder)
+    summary = train(config, folder / "run", 40)
+    torch.set_num_threads(before)
+    return config, folder / "run", summary
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pieces
+
+
+def test_loss_reduction_and_types():
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731 — predicts ε = 0, so the error is −ε
+    x0 = torch.zeros(3, 1, 2, 2)
+    noise = torch.arange(12.0).view(3, 1, 2, 2) - 6
+    ac = torch.full((10,), 0.5)
+    t = torch.tensor([0, 5, 9])
+    l1 = diffusion_loss(model, x0, t, noise, ac, "linear")
+    l2 = diffusion_loss(model, x0, t, noise, ac, "square")
+    assert l1.item() == pytest.approx(noise.abs().sum().item() / 3)  # summed over pixels, mean over the batch
+    assert l2.item() == pytest.approx(noise.square().sum().item() / 3)
+
+
+def test_lr_warmup():
+    assert lr_at(0, 1.0, 0) == 1.0
+    assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_data_order_is_a_function_of_seed_and_epoch_and_shards_are_disjoint():
+    assert torch.equal(epoch_permutation(0, 3, 100), epoch_permutation(0, 3, 100))
+    assert not torch.equal(epoch_permutation(0, 3, 100), epoch_permutation(0, 4, 100))
+    perm = epoch_permutation(1, 0, 103)
+    shards = [rank_batches(perm, 0, 8, 3, r) for r in range(3)]
+    assert all(len(s) == 103 // 24 for s in shards)
+    seen = [i for s in shards for b in s for i in b]
+    assert len(seen) == len(set(seen)) == 4 * 24
+    # resuming mid-epoch continues with the same batches
+    assert rank_batches(perm, 48, 8, 3, 1) == shards[1][2:]
+
+
+def test_ema_update_rule():
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, 0.75)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(4.0)
+    ema.update(net)
+    for k, v in ema.state_dict().items():
+        assert torch.allclose(v, start[k] + 1.0)  # 0.75·w + 0.25·(w + 4)
+    other = EMA(net, 0.75)
+    other.load_state_dict(ema.state_dict())
+    assert_same_tensors(other.state_dict(), ema.state_dict(), "EMA round trip")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training runs
+
+
+def test_training_runs_and_loss_decreases(straight):
+    _, workdir, summary = straight
+    losses = [v for _, v in summary["losses"]]
+    assert len(losses) == 40 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), losses
+    state = last(workdir)
+    assert state["format"] == CHECKPOINT_FORMAT
+    assert (state["step"], state["epoch"], state["position"]) == (40, 1, 12 * BATCH)
+    assert not all(torch.equal(state["model"][k], state["ema"][k]) for k in state["model"])
+    assert (workdir / "config.yml").is_file() and yaml.safe_load((workdir / "config.yml").read_text())["Train"][
+        "max_steps"] == 40
+    assert sorted(p.name for p in (workdir / "samples").iterdir()) == ["step_0000020.png", "step_0000040.png"]
+    assert any((workdir / "tensorboard").iterdir())
+
+
+def test_resume_is_bit_exact(straight, tmp_path):
+    config, straight_dir, _ = straight
+    workdir = tmp_path / "run"
+    train(config, workdir, 20)
+    assert last(workdir)["step"] == 20
+    summary = train(config, workdir, 40, resume=True)
+    assert summary["step"] == 40
+    a, b = last(straight_dir), last(workdir)
+    assert (a["step"], a["epoch"], a["position"]) == (b["step"], b["epoch"], b["position"])
+    assert_same_tensors(a["model"], b["model"], "model")
+    assert_same_tensors(a["ema"], b["ema"], "EMA")
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert_same_tensors(pa, pb, "Adam state")
+
+
+def test_checkpoints_load_as_ema_weights(straight):
+    config, workdir, _ = straight
+    from runners.config import load_config
+
+    cfg = load_config(config)
+    del cfg["Model"]["ckpt"]  # the UNet's constructor refuses the runner's own key
+    state = torch.load(workdir / "checkpoints" / "last.pt", weights_only=True)  # no pickled objects
+    for name in ("last.pt", "ema.pt"):
+        model = load_model(cfg, workdir / "checkpoints" / name)
+        assert_same_tensors(model.state_dict(), state["ema"], name)
+    plain = torch.load(workdir / "checkpoints" / "ema.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in plain.values())
+
+
+def test_killed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    config = write_config(tmp_path, Train={"snapshot_freq": 3, "sample_freq": 0, "log_freq": 5})
+    workdir = tmp_path / "run"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:  # step 3: last.pt and ema.pt
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="killed while saving"):
+        train(config, workdir, 8)
+    monkeypatch.undo()
+    state = last(workdir)
+    assert state["step"] == 3
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
+    # and the direct helper: a failed save leaves the old file and no temporary behind
+    target = tmp_path / "x.pt"
+    save_atomic({"a": torch.ones(1)}, target)
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        save_atomic({"a": torch.zeros(1)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(1))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_workdir_and_resume_mismatches_are_refused(straight, tmp_path):
+    config, workdir, _ = straight
+    with pytest.raises(NoCheckpointError, match="--resume"):
+        train(config, tmp_path / "empty", 5, resume=True)
+    with pytest.raises(ResumeError, match="pass --resume"):
+        train(config, workdir, 50)
+    with pytest.raises(ResumeError, match="Model.ch"):
+        train(config, workdir, 50, resume=True, overrides=["Model.ch=64"])
+    assert last(workdir)["step"] == 40  # nothing was touched
+
+
+def test_bad_training_config_is_refused(tmp_path):
+    config = write_config(tmp_path, Train={"loss_type": "huber"})
+    with pytest.raises(ValueError, match="Train.loss_type"):
+        train(config, tmp_path / "run", 5)
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# subprocesses: torchrun and the command line
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+_LAUNCH_FAILURES = ("DistNetworkError", "RendezvousError", "Address already in use", "EADDRINUSE",
+                    "Permission denied", "Cannot assign requested address", "Connection refused")
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    config = write_config(tmp_path, Train={"batch_size": 16, "sample_freq": 2, "snapshot_freq": 2, "log_freq": 1},
+                          Dataset={"random_flip": True})
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), "train", "--config", str(config), "--workdir", str(workdir), "--max-steps", "4",
+           "--device", "cpu"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun did not finish in {err.timeout} s:\n{err.stderr}")
+    if proc.returncode != 0 and any(s in proc.stderr for s in _LAUNCH_FAILURES) and not workdir.exists():
+        pytest.skip(f"torchrun cannot start two processes here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = last(workdir)
+    assert state["step"] == 4 and state["data"]["world_size"] == 2
+    assert state["position"] == 4 * 2 * 16  # two disjoint shards of 16 per step
+    assert not any(k.startswith("module.") for k in state["model"])
+    assert (workdir / "samples" / "step_0000004.png").is_file()
+
+
+def test_missing_dataset_is_one_error_line(tmp_path):
+    config = write_config(tmp_path)
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "train", "--config", str(config), "--workdir",
+                           str(workdir), "--set", "Dataset.dataset=CIFAR10", "--set",
+                           f"Dataset.root={tmp_path / 'no-cifar'}", "--max-steps", "1", "--device", "cpu"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: CIFAR-10 not found"), proc.stderr
+    assert not workdir.exists()
+
+
+def test_module_documents_batch_semantics():
+    assert "batch of ONE process" in training.__doc__
