@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
     p.add_argument("--reference-samples", type=int, default=None,
                    help="samples per seed used for the distance to the reference solution (default: "
-                        "FID.reference_samples or 256)")
+                        "FID.reference_samples or 64)")
     p.add_argument("--out", required=True, help="output folder: DIR/<method>-<steps>[-s<seed>]/, results.*")
 
     p = sub.add_parser("train", help="train an ε-prediction DDPM (resumable, torchrun-aware)")

@@ -2,8 +2,11 @@
 
 Every method starts from the same noise for a given seed (sample i's x_T depends only on (seed, i)), so the
 differences between methods are paired. Besides FID each cell reports its RMS distance to a high-accuracy solution
-of the sampling ODE from the same noise and the same start time (``samplers.solve_flow``): deterministic, and it
-keeps separating methods after FID has saturated.
+from the same noise and the same start time t0: iPNDM (4th-order pseudo multistep) over every integer timestep
+t0, t0−1, …, 0. It is deterministic and keeps separating methods after FID has saturated. The reference never
+queries the network between integer timesteps: a DDPM trained on integer t has a sinusoidal time embedding whose
+fastest component turns by a radian per step, so its output between integers is not to be trusted, and an
+adaptive ODE solver would land there.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samplers import get_method, uniform_grid
-from samplers.probability_flow import solve_flow
+from samplers import get_method
+from samplers.api import method_grid
 
 from .commands import image_shape, load_eps, pick, positive, resolve_sampling
 from .config import ConfigError, get, load_config
@@ -28,6 +31,7 @@ from .images import sample_path
 from .sampling import SampleJob, initial_noise, run_sampling, sha256_file
 
 CELL_FILE = "cell.json"
+REFERENCE = "iPNDM over every integer timestep from the cell's start"
 
 
 def _split(text, cast=str):
@@ -45,7 +49,7 @@ def run_ablation(args) -> None:
     seeds = _split(args.seeds or get(cfg, "FID", "seeds", "0"), int)
     num = positive("--num-samples", pick(args.num_samples, get(cfg, "FID", "num_samples")))
     batch = positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64)))
-    ref_n = min(num, args.reference_samples or get(cfg, "FID", "reference_samples", 256))
+    ref_n = min(num, args.reference_samples or get(cfg, "FID", "reference_samples", 64))
     precision = args.precision or get(cfg, "Sample", "precision", "fp32")
     shape = image_shape(cfg)
     cells = []  # (method, steps)
@@ -108,7 +112,8 @@ def _read_cell(folder: Path, sha, num):
         cell = json.loads((folder / CELL_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return cell if cell.get("checkpoint_sha256") == sha and cell.get("num_samples") == num else None
+    same = (cell.get("checkpoint_sha256"), cell.get("num_samples"), cell.get("reference")) == (sha, num, REFERENCE)
+    return cell if same else None
 
 
 def _score_cell(folder, job, manifest, eps, schedule, extractor, reference, cfg, ref_n, ref_cache, device):
@@ -119,7 +124,7 @@ def _score_cell(folder, job, manifest, eps, schedule, extractor, reference, cfg,
     rms = _distance_to_reference(job, eps, schedule, ref_n, ref_cache, device)
     cell = {"method": job.method, "steps": job.steps, "nfe": manifest["nfe"], "seed": job.seed, "fid": fid,
             "rms": rms, "seconds": manifest["seconds"], "num_samples": job.num_samples,
-            "checkpoint_sha256": job.checkpoint_sha256}
+            "checkpoint_sha256": job.checkpoint_sha256, "reference": REFERENCE}
     tmp = folder / f".{CELL_FILE}.tmp"
     tmp.write_text(json.dumps(cell, indent=1))
     os.replace(tmp, folder / CELL_FILE)
@@ -134,12 +139,13 @@ def _distance_to_reference(job, eps, schedule, n, cache, device) -> float:
     m = get_method(job.method)
     if m.kind == "ancestral":
         return float("nan")
-    t0 = float(schedule.T - 1) if m.kind == "ode" else uniform_grid(schedule, job.steps, job.convention)[0]
+    t0 = float(schedule.T - 1) if m.kind == "ode" else method_grid(m, schedule, job.steps, job.convention)[0][0]
     x_T = initial_noise(range(n), job.image_shape, job.seed).to(device)
     key = (t0, job.seed)
     if key not in cache:
-        call = lambda x, t: eps(x, torch.full((x.shape[0],), t, device=x.device))
-        cache[key] = torch.cat([solve_flow(call, schedule, chunk, t0)[0] for chunk in x_T.split(256)])
+        # steps = t0 + 1 > T/2 makes the standard grid t0, t0−1, …, 0 (skip 1), starting where the cell starts
+        cache[key] = torch.cat([sample(eps, chunk, schedule, "iPNDM", steps=int(t0) + 1)
+                                for chunk in x_T.split(256)])
     kwargs = {} if m.kind == "ode" else {"steps": job.steps}
     x0 = torch.cat([sample(eps, chunk, schedule, job.method, convention=job.convention, **kwargs)
                     for chunk in x_T.split(256)])

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samplers import NoiseSchedule, get_method, uniform_grid
+from samplers import NoiseSchedule, get_method
+from samplers.api import method_grid
 from samplers.schedule import check_convention
 
 from .config import ConfigError, get, load_config
@@ -72,7 +73,7 @@ def resolve_sampling(args, cfg: dict, method: str, steps):
     else:
         if steps is None:
             raise ValueError(f"{m.name} needs --steps (or Sample.steps)")
-        uniform_grid(schedule, steps, convention)  # raises on an impossible grid
+        method_grid(m, schedule, steps, convention)  # raises on an impossible grid
     return m.name, steps, convention, schedule
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
+from scipy.linalg import LinAlgWarning
 from tqdm.auto import tqdm
 
 from .images import list_images, read_image
@@ -170,7 +171,7 @@ def fid_from_features(features: np.ndarray, reference: dict, extractor_name: str
     with warnings.catch_warnings():
         # pytorch-fid detects a singular covariance product itself and regularises it (printing a note);
         # scipy's own warnings about the same product only repeat that
-        warnings.filterwarnings("ignore", module="scipy")
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
         warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
         return float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
 

@@ -1,14 +1,14 @@
 """The one entry point: ``sample(model, x_T, schedule, method=..., steps=...)`` and the method registry."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from .grids import uniform_grid
+from .grids import SPACINGS, spaced_grid, uniform_grid
 from .multistep import WARMUP_EXTRA_NFE, classical_family, linear_multistep, pseudo_family
 from .probability_flow import probability_flow
 from .schedule import NoiseSchedule, check_convention
@@ -17,7 +17,13 @@ from .stochastic import generalized_ddim
 
 @dataclass(frozen=True)
 class Method:
-    """What a method name means. ``kind``: 'multistep' (deterministic, on a grid), 'ancestral', or 'ode'."""
+    """What a method name means: the algorithm and the time grid it runs on.
+
+    ``kind``: 'multistep' (the PNDM engine), 'exponential' (exponential-integrator solvers), 'ancestral' or
+    'ode'. ``grid``: 'paper' — the paper's uniform grid, under either convention — or one of
+    ``grids.SPACINGS`` (from t = T−1 to ā = 1, standard convention, ā interpolated at float timesteps).
+    A name ``BASE@spacing`` runs BASE on that spacing.
+    """
 
     name: str
     description: str
@@ -26,6 +32,9 @@ class Method:
     order: int = 1
     warmup: Optional[str] = None
     eta: Optional[float] = None  # fixed η of an ancestral method
+    solver: Optional[str] = None  # key of EXPONENTIAL_SOLVERS
+    variant: Optional[str] = None  # e.g. UniPC's 'bh1' / 'bh2'
+    grid: str = "paper"
 
     def nfe(self, num_steps: int) -> int:
         """Model evaluations for ``num_steps`` steps of the grid."""
@@ -42,6 +51,29 @@ _METHODS = (
            "multistep", "pseudo", 4, "rk4"),
     Method("FON", "classical 4th-order: Runge-Kutta warm-up then 4-step linear multistep on the DDIM ODE; "
            "NFE = steps+9", "multistep", "classical", 4, "rk4"),
+    Method("iPNDM", "pseudo 4-step linear multistep with lower-order multistep warm-up (Zhang & Chen 2022); "
+           "NFE = steps", "multistep", "pseudo", 4, "lower_order"),
+    Method("DPM-Solver++(2M)", "DPM-Solver++ multistep, 2nd order, data prediction (Lu et al. 2022); NFE = steps",
+           "exponential", order=2, solver="dpmpp", grid="logsnr"),
+    Method("DPM-Solver++(3M)", "DPM-Solver++ multistep, 3rd order (exact 3rd-order weights, unlike diffusers' "
+           "3M); NFE = steps", "exponential", order=3, solver="dpmpp", grid="logsnr"),
+    Method("UniPC-2(bh1)", "UniPC, order-2 predictor + corrector, B(h) = h; NFE = steps", "exponential", order=2,
+           solver="unipc", variant="bh1", grid="logsnr"),
+    Method("UniPC-2(bh2)", "UniPC, order-2 predictor + corrector, B(h) = e^h - 1; NFE = steps", "exponential",
+           order=2, solver="unipc", variant="bh2", grid="logsnr"),
+    Method("UniPC-3(bh1)", "UniPC, order-3 predictor + corrector, B(h) = h; NFE = steps", "exponential", order=3,
+           solver="unipc", variant="bh1", grid="logsnr"),
+    Method("UniPC-3(bh2)", "UniPC, order-3 predictor + corrector, B(h) = e^h - 1; NFE = steps", "exponential",
+           order=3, solver="unipc", variant="bh2", grid="logsnr"),
+    Method("DEIS-2", "DEIS log-rho multistep, order 2 (as diffusers' DEISMultistepScheduler); NFE = steps",
+           "exponential", order=2, solver="deis", grid="logsnr"),
+    Method("DEIS-3", "DEIS log-rho multistep, order 3; NFE = steps", "exponential", order=3, solver="deis",
+           grid="logsnr"),
+    Method("VS-PNDM-3", "PNDM's pseudo linear multistep with coefficients for non-uniform steps (exact "
+           "integration of the eps polynomial in sigma/alpha; DEIS's rho-AB), order 3; NFE = steps",
+           "exponential", order=3, solver="adams", grid="quadratic"),
+    Method("VS-PNDM-4", "as VS-PNDM-3, order 4; NFE = steps", "exponential", order=4, solver="adams",
+           grid="quadratic"),
     Method("DDPM", "DDPM ancestral sampling (DDIM with eta=1: posterior variance)", "ancestral", eta=1.0),
     Method("PF", "probability-flow ODE of the VP SDE with scipy's adaptive RK45 (rtol, atol); NFE = solver's",
            "ode"),
@@ -50,15 +82,37 @@ METHODS = {m.name.upper(): m for m in _METHODS}
 
 
 def available() -> list[str]:
-    """Names that ``sample(method=...)`` accepts (case-insensitive)."""
-    return [m.name for m in _METHODS]
+    """Names that ``sample(method=...)`` accepts (case-insensitive): every method on its own grid, and every
+    grid-based method on every spacing as ``NAME@spacing``."""
+    names = [m.name for m in _METHODS]
+    return names + [f"{m.name}@{s}" for m in _METHODS if m.kind in ("multistep", "exponential", "ancestral")
+                    for s in SPACINGS]
 
 
 def get_method(name: str) -> Method:
+    base, _, spacing = str(name).partition("@")
     try:
-        return METHODS[str(name).upper()]
+        m = METHODS[base.strip().upper()]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(available())}") from None
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(m.name for m in _METHODS)} "
+                         f"(optionally @{'/@'.join(SPACINGS)})") from None
+    if not spacing:
+        return m
+    spacing = spacing.strip().lower()
+    if m.kind == "ode":
+        raise ValueError(f"{m.name} is adaptive and takes no grid")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r} in {name!r}; choose one of {', '.join(SPACINGS)}")
+    return replace(m, name=f"{m.name}@{spacing}", grid=spacing)
+
+
+def method_grid(m: Method, schedule: NoiseSchedule, steps: int, convention: str):
+    """(timesteps, alpha_bar) of method ``m``: the paper grid under ``convention``, or its spacing."""
+    if m.grid == "paper":
+        return uniform_grid(schedule, steps, convention), partial(schedule.alpha_bar, convention=convention)
+    if convention != "standard":
+        raise ValueError(f"{m.name} runs on its own grid under the standard convention only")
+    return spaced_grid(schedule, steps, m.grid), schedule.alpha_bar_continuous
 
 
 def expected_nfe(method: str, steps: int, schedule: NoiseSchedule, convention: str = "standard") -> int:
@@ -66,7 +120,7 @@ def expected_nfe(method: str, steps: int, schedule: NoiseSchedule, convention: s
     m = get_method(method)
     if m.kind == "ode":
         raise ValueError("PF is adaptive: its NFE is known only after solving")
-    return m.nfe(len(uniform_grid(schedule, steps, convention)) - 1)
+    return m.nfe(len(method_grid(m, schedule, steps, convention)[0]) - 1)
 
 
 @dataclass
@@ -152,7 +206,7 @@ def sample(
         raise TypeError(f"schedule must be a samplers.NoiseSchedule, got {type(schedule).__name__}")
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
         raise ValueError("x_T must be a floating-point tensor with a batch dimension")
-    if eta is not None and m.name != "DDIM":
+    if eta is not None and m.name.split("@")[0] != "DDIM":
         raise ValueError(f"eta applies to DDIM only, not {m.name}")
     if eta is not None and not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -171,10 +225,9 @@ def sample(
         else:
             if steps is None:
                 raise ValueError(f"{m.name} needs steps")
-            grid = uniform_grid(schedule, steps, convention)
+            grid, alpha_bar = method_grid(m, schedule, steps, convention)
             info = SampleInfo(m.name, convention, timesteps=grid)
             eps = _CountingModel(model, info, len(grid) - 1)
-            alpha_bar = partial(schedule.alpha_bar, convention=convention)
 
             def on_step(i, t, t_next, x):
                 eps.steps_done = i + 1
@@ -182,7 +235,13 @@ def sample(
                     callback({"step": i, "t": t, "t_next": t_next, "x": x, "nfe": info.nfe})
 
             ancestral_eta = m.eta if m.kind == "ancestral" else eta
-            if ancestral_eta:
+            if m.kind == "exponential":
+                from .exponential import EXPONENTIAL_SOLVERS
+
+                solve = EXPONENTIAL_SOLVERS[m.solver]
+                extra = {"variant": m.variant} if m.variant else {}
+                x0 = solve(eps, alpha_bar, x_T, grid, m.order, callback=on_step, **extra)
+            elif ancestral_eta:
                 x0 = generalized_ddim(eps, alpha_bar, x_T, grid, ancestral_eta, _noise_source(generator, x_T),
                                       on_step)
             else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
+
 from .schedule import NoiseSchedule, check_convention
 
 
@@ -41,3 +43,51 @@ def uniform_grid(schedule: NoiseSchedule, steps: int, convention: str = "standar
     else:
         ts = [i * skip for i in range(steps)]
     return [float(t) for t in reversed(ts)] + [-1.0]
+
+
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+
+
+def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 7.0) -> list[float]:
+    """``steps`` model timesteps from t = T−1 towards t = 0 in the given spacing, then −1 (ā = 1).
+
+    The spacing places steps + 1 points from T−1 to 0; the last one (t = 0, where ε barely matters) is replaced by
+    the jump to ā = 1, so no evaluation is spent at the end of the trajectory — measured on the analytic model,
+    this is more accurate for every solver tried, most at 5–10 steps. The timesteps are floats; samplers on these grids read ā by linear interpolation of the table
+    (``NoiseSchedule.alpha_bar_continuous``), the same continuous extension the model sees.
+
+    * ``uniform``: equal steps in t;  ``quadratic``: t ∝ (1 − i/(N−1))², dense near the data (DDIM's "quad");
+    * ``logsnr``: equal steps in λ = log(sqrt(ā/(1−ā)));  ``karras``: σ = sqrt((1−ā)/ā) spaced as
+      (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ with ρ = 7 (Karras et al. 2022).
+    """
+    spacing = str(spacing).lower()
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    T = schedule.T
+    try:
+        steps = operator.index(steps)
+    except TypeError:
+        raise ValueError(f"steps must be an integer, got {steps!r}") from None
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps > T:
+        raise ValueError(f"steps={steps} exceeds the schedule's {T} timesteps")
+    u = np.linspace(0.0, 1.0, steps + 1)[:-1]  # 0 at t = T−1, towards 1 at t = 0
+    if spacing == "uniform":
+        ts = (T - 1) * (1 - u)
+    elif spacing == "quadratic":
+        ts = (T - 1) * (1 - u) ** 2
+    else:
+        ab = schedule.alphas_cumprod.astype(np.float64)
+        log_sigma = 0.5 * np.log((1 - ab) / ab)  # increasing in t
+        lo, hi = log_sigma[0], log_sigma[-1]
+        if spacing == "logsnr":
+            target = hi + u * (lo - hi)
+        else:
+            s_hi, s_lo = np.exp(hi) ** (1 / rho), np.exp(lo) ** (1 / rho)
+            target = np.log((s_hi + u * (s_lo - s_hi)) ** rho)
+        # invert the linear interpolation of ā exactly, so that alpha_bar_continuous(t) hits the target level
+        ab_target = 1.0 / (1.0 + np.exp(2.0 * target))
+        ts = np.interp(ab_target, ab[::-1], np.arange(T, dtype=np.float64)[::-1])
+    ts[0] = T - 1  # exact despite rounding in the maps above
+    return [float(t) for t in ts] + [-1.0]

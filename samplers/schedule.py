@@ -116,6 +116,17 @@ class NoiseSchedule:
             raise ValueError(f"timestep {t} is outside the {convention} table of a {self.T}-step schedule")
         return float(self.alphas_cumprod[i])
 
+    def alpha_bar_continuous(self, t: float) -> float:
+        """ā at a float timestep for the non-uniform grids: the table linearly interpolated on [0, T−1],
+        continued linearly to ā = 1 at t = −1 (where every grid ends)."""
+        if t <= -1:
+            return 1.0
+        if t < 0:
+            return float(1.0 + (t + 1) * (float(self.alphas_cumprod[0]) - 1.0))
+        if t > self.T - 1:
+            raise ValueError(f"timestep {t} is beyond the {self.T}-step schedule")
+        return float(self.alpha_bar_interp(t))
+
     def alpha_bar_interp(self, t):
         """alpha_bar linearly interpolated between table entries at float timesteps (clamped to [0, T-1]).
 

@@ -170,3 +170,45 @@ def test_ddpm_samples_the_data_distribution():
     z = (x0 - mu) / 0.3  # standardised: should be N(0, 1) per coordinate
     assert abs(z.mean().item()) < 4 / math.sqrt(z.numel())
     assert abs(z.var().item() - 1) < 0.05
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr", "karras"])
+@pytest.mark.parametrize("steps", [1, 5, 20])
+def test_spaced_grids_start_at_T_minus_1_and_end_at_data(spacing, steps):
+    from samplers.grids import spaced_grid
+
+    grid = spaced_grid(SCHEDULE, steps, spacing)
+    assert len(grid) == steps + 1 and grid[0] == 999.0 and grid[-1] == -1.0
+    assert all(a > b for a, b in zip(grid, grid[1:]))
+
+
+def test_karras_and_logsnr_grids_follow_their_definitions():
+    import numpy as np
+
+    from samplers.grids import spaced_grid
+
+    sigma = lambda t: np.sqrt((1 - SCHEDULE.alpha_bar_continuous(t)) / SCHEDULE.alpha_bar_continuous(t))
+    ts = spaced_grid(SCHEDULE, 10, "logsnr")[:-1]
+    np.testing.assert_allclose(np.diff(np.log([sigma(t) for t in ts])), np.log(sigma(ts[1]) / sigma(ts[0])),
+                               rtol=1e-6)
+    ts = spaced_grid(SCHEDULE, 10, "karras")[:-1]
+    root = np.array([sigma(t) for t in ts]) ** (1 / 7)
+    np.testing.assert_allclose(np.diff(root), root[1] - root[0], rtol=1e-6)
+
+
+def test_every_available_name_runs_with_exact_nfe(model):
+    for name in available():
+        kw = {} if name == "PF" else {"steps": 6}
+        _, info = sample(model, noise(1), SCHEDULE, method=name, generator=torch.Generator().manual_seed(0),
+                         return_info=True, **kw)
+        if name != "PF":
+            assert info.nfe == expected_nfe(name, 6, SCHEDULE), name
+
+
+def test_grid_suffix_errors():
+    with pytest.raises(ValueError, match="unknown spacing 'cosine'"):
+        sample(lambda x, t: x, noise(1), SCHEDULE, method="iPNDM@cosine", steps=5)
+    with pytest.raises(ValueError, match="standard convention only"):
+        sample(lambda x, t: x, noise(1), SCHEDULE, method="DDIM@karras", steps=5, convention="official")
+    with pytest.raises(ValueError, match="adaptive"):
+        sample(lambda x, t: x, noise(1), SCHEDULE, method="PF@karras")
