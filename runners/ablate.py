@@ -144,7 +144,7 @@ def _distance_to_reference(job, eps, schedule, n, cache, device) -> float:
     key = (t0, job.seed)
     if key not in cache:
         # steps = t0 + 1 > T/2 makes the standard grid t0, t0−1, …, 0 (skip 1), starting where the cell starts
-        cache[key] = torch.cat([sample(eps, chunk, schedule, "iPNDM", steps=int(t0) + 1)
+        cache[key] = torch.cat([sample(eps, chunk, schedule, "iPNDM@paper", steps=int(t0) + 1)
                                 for chunk in x_T.split(256)])
     kwargs = {} if m.kind == "ode" else {"steps": job.steps}
     x0 = torch.cat([sample(eps, chunk, schedule, job.method, convention=job.convention, **kwargs)

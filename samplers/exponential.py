@@ -36,16 +36,13 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
+from .multistep import AlphaBarFn, EpsFn, StepCallback
 from .transfer import transfer_coefficients
-
-EpsFn = Callable[[Tensor, float], Tensor]
-AlphaBarFn = Callable[[float], float]
-StepCallback = Callable[[int, float, float, Tensor], None]
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 

@@ -12,16 +12,8 @@ import numpy as np
 from .schedule import NoiseSchedule, check_convention
 
 
-def uniform_grid(schedule: NoiseSchedule, steps: int, convention: str = "standard") -> list[float]:
-    """The paper's uniform grid.
-
-    ``official``: the released code's grid, skip = T // steps and timesteps range(0, T, skip), so that steps which
-    do not divide T give more steps than asked for (steps=33 → 34).
-    ``standard``: exactly ``steps`` steps at 0, skip, ..., (steps−1)·skip (diffusers' "leading" spacing with
-    steps_offset=0); identical to the official grid whenever steps divides T.
-    """
-    convention = check_convention(convention)
-    T = schedule.T
+def check_steps(steps, T: int) -> int:
+    """steps as an int in [1, T], or a ValueError that says what is wrong."""
     if isinstance(steps, bool):
         raise ValueError(f"steps must be an integer, got {steps!r}")
     try:
@@ -32,6 +24,20 @@ def uniform_grid(schedule: NoiseSchedule, steps: int, convention: str = "standar
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps > T:
         raise ValueError(f"steps={steps} exceeds the schedule's {T} timesteps")
+    return steps
+
+
+def uniform_grid(schedule: NoiseSchedule, steps: int, convention: str = "standard") -> list[float]:
+    """The paper's uniform grid.
+
+    ``official``: the released code's grid, skip = T // steps and timesteps range(0, T, skip), so that steps which
+    do not divide T give more steps than asked for (steps=33 → 34).
+    ``standard``: exactly ``steps`` steps at 0, skip, ..., (steps−1)·skip (diffusers' "leading" spacing with
+    steps_offset=0); identical to the official grid whenever steps divides T.
+    """
+    convention = check_convention(convention)
+    T = schedule.T
+    steps = check_steps(steps, T)
     skip = T // steps
     if convention == "official":
         ts = list(range(0, T, skip))
@@ -64,14 +70,7 @@ def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     T = schedule.T
-    try:
-        steps = operator.index(steps)
-    except TypeError:
-        raise ValueError(f"steps must be an integer, got {steps!r}") from None
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if steps > T:
-        raise ValueError(f"steps={steps} exceeds the schedule's {T} timesteps")
+    steps = check_steps(steps, T)
     u = np.linspace(0.0, 1.0, steps + 1)[:-1]  # 0 at t = T−1, towards 1 at t = 0
     if spacing == "uniform":
         ts = (T - 1) * (1 - u)
