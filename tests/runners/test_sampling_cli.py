@@ -240,3 +240,17 @@ def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsy
     assert sample(cfg, out, "--num-samples", 3, "--method", "S-PNDM") == 2
     assert "different configuration (differs in: method" in capsys.readouterr().err
     assert files_of(out) == before
+
+
+def test_missing_inception_weights_say_which_file_goes_where(tmp_path, capsys, tiny):
+    from runners.fid import FID_WEIGHTS_FILE, build_extractor
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    try:
+        with pytest.raises(FileNotFoundError, match=f"put {FID_WEIGHTS_FILE} .* at .*empty-hub.*--inception-weights"):
+            build_extractor({"FID": {"extractor": "inception"}}, "cpu")
+        with pytest.raises(FileNotFoundError, match="Inception weights not found"):
+            build_extractor({"FID": {"extractor": "inception"}}, "cpu", str(tmp_path / "nope.pth"))
+    finally:
+        torch.hub.set_dir(old)
