@@ -34,13 +34,13 @@ dtype assumptions; history lives in local lists and nothing survives a call.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
+from .grids import as_int
 from .multistep import AlphaBarFn, EpsFn, StepCallback
 from .transfer import transfer_coefficients
 
@@ -77,12 +77,7 @@ def _levels(alpha_bar: AlphaBarFn, timesteps: Sequence[float]) -> List[_Level]:
 
 
 def _check_order(order, highest: int) -> int:
-    if isinstance(order, bool):
-        raise ValueError(f"order must be an integer, got {order!r}")
-    try:
-        order = operator.index(order)
-    except TypeError:
-        raise ValueError(f"order must be an integer, got {order!r}") from None
+    order = as_int("order", order)
     if not 1 <= order <= highest:
         raise ValueError(f"order must be between 1 and {highest}, got {order}")
     return order

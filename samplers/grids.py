@@ -12,14 +12,19 @@ import numpy as np
 from .schedule import NoiseSchedule, check_convention
 
 
+def as_int(name: str, value) -> int:
+    """An integer argument (int or numpy integer, not bool or float), or a ValueError naming it."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
 def check_steps(steps, T: int) -> int:
     """steps as an int in [1, T], or a ValueError that says what is wrong."""
-    if isinstance(steps, bool):
-        raise ValueError(f"steps must be an integer, got {steps!r}")
-    try:
-        steps = operator.index(steps)
-    except TypeError:
-        raise ValueError(f"steps must be an integer, got {steps!r}") from None
+    steps = as_int("steps", steps)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps > T:
