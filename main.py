@@ -40,6 +40,11 @@ def _sampling(p: argparse.ArgumentParser, defaults_from_config: bool = True) -> 
     p.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
 
 
+def _features(p: argparse.ArgumentParser, stats_help: str) -> None:
+    p.add_argument("--stats", default=None, help=stats_help)
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,fid,stats,ablate,train}")
@@ -53,14 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=None, help="default: Sample.total_num")
     p.add_argument("--out", required=True, help="output folder: DIR/000000.png … and DIR/manifest.json")
     p.add_argument("--fid", action="store_true", help="compute the FID of the samples when done")
-    p.add_argument("--stats", default=None, help="with --fid: reference statistics (default: FID.stats)")
-    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    _features(p, "with --fid: reference statistics (default: FID.stats)")
 
     p = sub.add_parser("fid", help="FID of a folder of samples against reference statistics")
     _common(p)
     p.add_argument("--samples", required=True, help="folder of images (e.g. written by 'sample')")
-    p.add_argument("--stats", default=None, help="reference statistics .npz (default: FID.stats)")
-    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    _features(p, "reference statistics .npz (default: FID.stats)")
     p.add_argument("--batch-size", type=int, default=None, help="feature batch size (default: FID.batch_size)")
 
     p = sub.add_parser("stats", help="reference statistics (mu, sigma) of a dataset split or an image folder")
@@ -78,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default=None, help="comma-separated step counts (default: FID.steps)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: FID.seeds or 0)")
     p.add_argument("--num-samples", type=int, default=None, help="per cell (default: FID.num_samples)")
-    p.add_argument("--stats", default=None, help="reference statistics (default: FID.stats)")
-    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
+    _features(p, "reference statistics (default: FID.stats)")
     p.add_argument("--reference-samples", type=int, default=None,
                    help="samples per seed used for the distance to the reference solution (default: "
                         "FID.reference_samples or 64)")

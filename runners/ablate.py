@@ -26,7 +26,7 @@ from samplers.api import method_grid
 from .commands import image_shape, load_eps, pick, positive, resolve_sampling
 from .config import ConfigError, get, load_config
 from .distributed import setup, teardown
-from .fid import build_extractor, extract_features, fid_from_features, folder_batches, load_stats
+from .fid import build_extractor, extract_features, fid_from_features, image_features, load_stats
 from .images import sample_path
 from .sampling import SampleJob, initial_noise, run_sampling, sha256_file
 
@@ -118,8 +118,7 @@ def _read_cell(folder: Path, sha, num):
 
 def _score_cell(folder, job, manifest, eps, schedule, extractor, reference, cfg, ref_n, ref_cache, device):
     paths = [sample_path(folder, i, job.num_samples) for i in range(job.num_samples)]
-    features = extract_features(extractor, folder_batches(paths, job.image_shape[0],
-                                                          get(cfg, "FID", "batch_size", 200)), len(paths))
+    features = image_features(paths, extractor, job.image_shape[0], get(cfg, "FID", "batch_size", 200))
     fid = fid_from_features(features, reference, extractor.name)
     rms = _distance_to_reference(job, eps, schedule, ref_n, ref_cache, device)
     cell = {"method": job.method, "steps": job.steps, "nfe": manifest["nfe"], "seed": job.seed, "fid": fid,

@@ -17,7 +17,7 @@ from samplers.schedule import check_convention
 from .config import ConfigError, get, load_config
 from .datasets import DatasetError
 from .distributed import setup, teardown
-from .fid import StatsError, build_extractor, fid_from_features, folder_features, load_stats
+from .fid import StatsError, build_extractor, fid_from_features, folder_features, image_features, load_stats
 from .images import sample_path
 from .sampling import SampleJob, run_sampling, sha256_file
 
@@ -115,19 +115,17 @@ def evaluate_folder(cfg: dict, folder: Path, reference: dict, weights, device, b
     """FID of the images in ``folder`` (exactly the manifest's samples when there is one); writes fid.json."""
     extractor = build_extractor(cfg, device, weights)
     channels = image_shape(cfg)[0] if cfg.get("Model") or cfg.get("Dataset") else 3
+    batch_size = batch_size or get(cfg, "FID", "batch_size", 200)
     manifest_path = folder / "manifest.json"
-    limit = None
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("status") != "complete":
             raise ValueError(f"{folder} is an unfinished sampling run: rerun its 'sample' command first")
-        limit = manifest["num_samples"]
-        paths = [sample_path(folder, i, limit) for i in range(limit)]
-        features = _features_of(paths, extractor, channels, batch_size or get(cfg, "FID", "batch_size", 200),
-                                progress)
+        num = manifest["num_samples"]
+        features = image_features([sample_path(folder, i, num) for i in range(num)], extractor, channels,
+                                  batch_size, progress)
     else:
-        features = folder_features(folder, extractor, channels, batch_size or get(cfg, "FID", "batch_size", 200),
-                                   progress=progress)
+        features = folder_features(folder, extractor, channels, batch_size, progress=progress)
     fid = fid_from_features(features, reference, extractor.name)
     result = {"fid": fid, "num_samples": int(features.shape[0]), "extractor": extractor.name,
               "stats": reference["source"], "stats_num_images": reference["num_images"],
@@ -137,12 +135,6 @@ def evaluate_folder(cfg: dict, folder: Path, reference: dict, weights, device, b
     os.replace(tmp, folder / "fid.json")
     print(f"FID {fid:.4f} ({features.shape[0]} samples, {extractor.name})")
     return result
-
-
-def _features_of(paths, extractor, channels, batch_size, progress):
-    from .fid import extract_features, folder_batches
-
-    return extract_features(extractor, folder_batches(paths, channels, batch_size), len(paths), progress)
 
 
 def cmd_fid(args) -> None:

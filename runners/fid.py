@@ -114,14 +114,18 @@ def folder_batches(paths: list, channels: int, batch_size: int):
         yield torch.from_numpy(np.stack([read_image(p, channels) for p in paths[lo:lo + batch_size]]))
 
 
-def folder_features(folder: Path, extractor, channels: int, batch_size: int = 200, limit: Optional[int] = None,
-                    progress: bool = True) -> np.ndarray:
+def image_features(paths: list, extractor, channels: int, batch_size: int = 200, progress: bool = True) -> np.ndarray:
+    """Features of the image files at ``paths``, read as the files hold them (uint8)."""
+    if not paths:
+        raise FileNotFoundError("no images to read")
+    return extract_features(extractor, folder_batches(paths, channels, batch_size), len(paths), progress)
+
+
+def folder_features(folder: Path, extractor, channels: int, batch_size: int = 200, progress: bool = True) -> np.ndarray:
     paths = list_images(folder)
-    if limit is not None:
-        paths = paths[:limit]
     if not paths:
         raise FileNotFoundError(f"no images in {folder}")
-    return extract_features(extractor, folder_batches(paths, channels, batch_size), len(paths), progress)
+    return image_features(paths, extractor, channels, batch_size, progress)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
