@@ -38,6 +38,9 @@ def _sampling(p: argparse.ArgumentParser, defaults_from_config: bool = True) -> 
     p.add_argument("--seed", type=int, default=None, help="base seed; sample i uses a generator seeded from "
                                                            "(seed, i) (default: Sample.seed or 0)")
     p.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (pays off on a GPU: 2.7x in bf16 on an H200; see "
+                        "docs/PERFORMANCE.md) (default: Sample.compile or false)")
 
 
 def _features(p: argparse.ArgumentParser, stats_help: str) -> None:

@@ -63,7 +63,8 @@ def run_ablation(args) -> None:
 
     dist = setup(args.device)
     try:
-        eps = load_eps(cfg, ckpt, args.trust_checkpoint, precision, dist.device)
+        eps = load_eps(cfg, ckpt, args.trust_checkpoint, precision, dist.device,
+                       compile=bool(args.compile or get(cfg, "Sample", "compile", False)))
         extractor = build_extractor(cfg, dist.device, args.inception_weights) if dist.is_main else None
         sha = sha256_file(ckpt)
         rows = []

@@ -39,8 +39,8 @@ def image_shape(cfg: dict) -> tuple:
     return (int(channels), int(size), int(size))
 
 
-def load_eps(cfg: dict, ckpt: str, trust: bool, precision: str, device: torch.device):
-    """The checkpoint as an ε(x, t) callable in the requested precision."""
+def load_eps(cfg: dict, ckpt: str, trust: bool, precision: str, device: torch.device, compile: bool = False):
+    """The checkpoint as an ε(x, t) callable in the requested precision (torch.compile'd if asked)."""
     from models import load_model
     from models.inference import prepare_for_inference
 
@@ -49,7 +49,7 @@ def load_eps(cfg: dict, ckpt: str, trust: bool, precision: str, device: torch.de
     if not Path(ckpt).exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     model = load_model(cfg, ckpt, trust_pickle=trust, device=device)
-    return prepare_for_inference(model, precision=precision)
+    return prepare_for_inference(model, precision=precision, compile=compile)
 
 
 def pick(value, fallback):
@@ -96,7 +96,8 @@ def cmd_sample(args) -> None:
         stats = load_stats(args.stats or get(cfg, "FID", "stats", required=True))
     dist = setup(args.device)
     try:
-        eps = load_eps(cfg, ckpt, args.trust_checkpoint, precision, dist.device)
+        compile_ = bool(args.compile or get(cfg, "Sample", "compile", False))
+        eps = load_eps(cfg, ckpt, args.trust_checkpoint, precision, dist.device, compile=compile_)
         job = SampleJob(config=cfg, method=method, steps=steps, convention=convention, num_samples=num,
                         seed=args.seed if args.seed is not None else get(cfg, "Sample", "seed", 0),
                         image_shape=shape, checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt),

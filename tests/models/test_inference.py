@@ -80,3 +80,14 @@ def test_compiled_network_matches_plain_model():
     eps = prepare_for_inference(net, "fp32", compile=True)
     with torch.no_grad():
         assert torch.allclose(eps(x, t), net(x, t), atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last, expected", [(None, True), (True, True), (False, False)])
+def test_memory_layout_is_channels_last_on_the_cpu_unless_asked_otherwise(ddpm, channels_last, expected):
+    """On the CPU channels-last is the default (1.14× in fp32); on CUDA it is not (0.83×, docs/PERFORMANCE.md)."""
+    net, golden = ddpm
+    eps = prepare_for_inference(net, "fp32", channels_last=channels_last)
+    conv = next(m for m in eps.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert eps.channels_last is expected
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert torch.allclose(eps(golden["x"], golden["t"]), golden["eps"], atol=1e-4)

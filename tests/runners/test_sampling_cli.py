@@ -254,3 +254,18 @@ def test_missing_inception_weights_say_which_file_goes_where(tmp_path, capsys, t
             build_extractor({"FID": {"extractor": "inception"}}, "cpu", str(tmp_path / "nope.pth"))
     finally:
         torch.hub.set_dir(old)
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_compile_reaches_torch_compile_and_changes_no_image(tiny, tmp_path, monkeypatch, how):
+    """--compile (or Sample.compile) compiles the network; torch.compile is replaced by a recorder here because
+    a real compilation takes a minute on this CPU (tests/models/test_inference.py compiles for real)."""
+    cfg, _ = tiny
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net: compiled.append(net) or net)
+    extra = ["--compile"] if how == "flag" else ["--set", "Sample.compile=true"]
+    assert sample(cfg, tmp_path / "plain", "--num-samples", 3) == 0
+    assert compiled == []
+    assert sample(cfg, tmp_path / "compiled", "--num-samples", 3, *extra) == 0
+    assert len(compiled) == 1
+    assert files_of(tmp_path / "plain") == files_of(tmp_path / "compiled")
