@@ -172,7 +172,7 @@ def test_ddpm_samples_the_data_distribution():
     assert abs(z.var().item() - 1) < 0.05
 
 
-@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr", "karras"])
+@pytest.mark.parametrize("spacing", ["uniform", "power1.5", "quadratic", "logsnr", "karras"])
 @pytest.mark.parametrize("steps", [1, 5, 20])
 def test_spaced_grids_start_at_T_minus_1_and_end_at_data(spacing, steps):
     from samplers.grids import spaced_grid
@@ -194,6 +194,15 @@ def test_karras_and_logsnr_grids_follow_their_definitions():
     ts = spaced_grid(SCHEDULE, 10, "karras")[:-1]
     root = np.array([sigma(t) for t in ts]) ** (1 / 7)
     np.testing.assert_allclose(np.diff(root), root[1] - root[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("spacing, power", [("uniform", 1.0), ("power1.5", 1.5), ("quadratic", 2.0)])
+def test_power_grids_follow_their_definitions(spacing, power):
+    from samplers.grids import spaced_grid
+
+    n = 8
+    expected = [999.0 * (1 - i / n) ** power for i in range(n)] + [-1.0]
+    assert spaced_grid(SCHEDULE, n, spacing) == pytest.approx(expected, abs=1e-9)
 
 
 def test_every_available_name_runs_with_exact_nfe(model):
