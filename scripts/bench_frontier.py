@@ -32,6 +32,7 @@ from samplers import NoiseSchedule, available, expected_nfe, get_method, sample 
 
 T = 1000
 PAPER_METHODS = ("DDIM", "S-PNDM", "F-PNDM")  # also scored by FID, on the paper's grid
+ALL_MARK = "\n## All configurations"  # the full tables follow the hand-written reading
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +172,23 @@ def best(rows, side, budget, k=1):
     return sel[:k]
 
 
+def full_table(rows, budgets, key, fmt):
+    """Every configuration × budget, the best of each side per column in bold."""
+    best_of = {(side, b): min((r[key] for r in rows if r["side"] == side and r["budget"] == b), default=None)
+               for side in ("ours", "diffusers") for b in budgets}
+    lines = ["| side | configuration | " + " | ".join(f"NFE ≤ {b}" for b in budgets) + " |",
+             "|---|---|" + "---|" * len(budgets)]
+    for side in ("ours", "diffusers"):
+        for name in dict.fromkeys(r["name"] for r in rows if r["side"] == side):
+            cells = []
+            for b in budgets:
+                r = next((r for r in rows if r["side"] == side and r["name"] == name and r["budget"] == b), None)
+                text = "—" if r is None else fmt(r[key])
+                cells.append(f"**{text}**" if r is not None and r[key] == best_of[(side, b)] else text)
+            lines.append(f"| {side} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows, budgets, mixtures, batch, fid_screen, fid_final, fid_spread, fid_settings, seconds):
     lines = [
         "# The sampler frontier", "",
@@ -205,6 +223,13 @@ def markdown(rows, budgets, mixtures, batch, fid_screen, fid_final, fid_spread, 
         lines.append("")
     if fid_final:
         lines += fid_markdown(fid_screen, fid_final, fid_spread, budgets, fid_settings)
+    lines += [ALL_MARK.strip() + ": analytic RMSE (best of each side per column in bold)", ""]
+    lines += full_table(rows, budgets, "rmse", lambda v: f"{v:.2e}") + [""]
+    if fid_screen:
+        screened = sorted({r["budget"] for r in fid_screen})
+        lines += [f"## All configurations: screen FID on {fid_settings['screen']} samples (best of each side per "
+                  "column in bold)", ""]
+        lines += full_table(fid_screen, screened, "fid", lambda v: f"{v:.2f}") + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -431,8 +456,10 @@ def main():
     settings = dict(screen=args.screen_samples, final=args.fid_samples, k=args.fid_top)
     text = markdown(rows, budgets, mixtures, args.batch, fid_screen, fid_final, fid_spread, settings,
                     time.time() - start)
-    if out.exists() and "\n## Reading" in out.read_text():  # keep the hand-written interpretation
-        text += "\n## Reading" + out.read_text().split("\n## Reading", 1)[1]
+    if out.exists() and "\n## Reading" in out.read_text():  # keep the hand-written interpretation, before the
+        reading = out.read_text().split("\n## Reading", 1)[1].split(ALL_MARK, 1)[0]  # full tables
+        before, mark, after = text.partition(ALL_MARK)
+        text = before.rstrip("\n") + "\n\n## Reading" + reading.rstrip("\n") + "\n" + mark + after
     out.write_text(text)
     print(f"wrote {out} and {out.with_name('frontier.png')}")
 
