@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The sampler frontier: our samplers against diffusers' schedulers at fixed NFE budgets, side by side.
 
-(a) RMSE to the exact probability-flow endpoint from t = 999 on analytic Gaussian mixtures (several mixtures and
-    noise seeds, linear schedule), for every method in ``samplers.available()`` and every diffusers scheduler
-    configuration below, each at the largest step count whose NFE fits the budget;
+(a) RMSE to the exact probability-flow endpoint from t = 999 on 64 analytic Gaussian mixtures (32 noise samples
+    each, linear schedule; mean and median over the mixtures), for every method in ``samplers.available()`` and
+    every diffusers scheduler configuration below, each at the largest step count whose NFE fits the budget;
 (b) FID on the digits demo model: a screen of every configuration of both sides on 256 samples at NFE 5/10/20,
     then the best few of each side (by screen FID; by (a) at NFE 50) and the paper's methods on 2,000 samples.
 
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import GaussianMixture  # noqa: E402
+from models import GaussianMixture, MixtureBank  # noqa: E402
 from samplers import NoiseSchedule, available, expected_nfe, get_method, sample  # noqa: E402
 
 T = 1000
@@ -129,46 +129,68 @@ def our_fit(method, schedule, budget):
 
 # ---------------------------------------------------------------------------------------------------------------
 
+FLIP = 0.5  # a sample whose RMSE exceeds this ended in another mixture component (component means are ~1.4 apart)
+
+
+def seed_text(seeds) -> str:
+    """[0, 1, 2, 3] → '0–3' (a contiguous run), otherwise the list."""
+    seeds = list(seeds)
+    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}–{seeds[-1]}" if contiguous and len(seeds) > 2 else ", ".join(map(str, seeds))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-63' or '0,1,2' (or a mix: '0-3,8') → a list of integer seeds."""
+    seeds = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
+
+
 def analytic_table(budgets, mixtures, batch, schedule):
-    problems = []
+    """Every configuration × budget on all mixtures at once (one ``MixtureBank``, one sampler run): per-mixture
+    RMSE, their mean and median, and the number of samples that ended in another component ("flips")."""
+    models, noises = [], []
     for seed in mixtures:
-        model = GaussianMixture.random(8, (3, 8, 8), seed=seed, schedule=schedule)
-        x_T = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
-        problems.append((model, x_T, model.flow_endpoint(x_T, schedule.alpha_bar(T - 1), 1.0)))
-    rows = []  # dict(side, name, budget, steps, nfe, rmse)
+        models.append(GaussianMixture.random(8, (3, 8, 8), seed=seed, schedule=schedule))
+        noises.append(torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1000 + seed),
+                                  dtype=torch.float64))
+    bank, x_T = MixtureBank(models), torch.cat(noises)
+    exact = bank.flow_endpoint(x_T, schedule.alpha_bar(T - 1), 1.0)
+
+    def scored(side, name, budget, steps, nfe, x0):
+        per_sample = ((x0 - exact) ** 2).flatten(1).mean(1).reshape(len(mixtures), batch)  # squared errors
+        per_mixture = per_sample.mean(1).sqrt().numpy()
+        return dict(side=side, name=name, budget=budget, steps=steps, nfe=nfe, rmse=float(np.mean(per_mixture)),
+                    median=float(np.median(per_mixture)), flips=int((per_sample.sqrt() > FLIP).sum()))
+
+    rows = []  # dict(side, name, budget, steps, nfe, rmse (mean over mixtures), median, flips)
     for name in our_methods():
         for budget in budgets:
             steps = our_fit(name, schedule, budget)
-            if steps is None:
-                continue
-            errs, nfe = [], None
-            for model, x_T, exact in problems:
-                x0, info = sample(model, x_T, schedule, name, steps=steps, return_info=True)
-                errs.append(((x0 - exact) ** 2).mean().sqrt().item())
-                nfe = info.nfe
-            rows.append(dict(side="ours", name=name, budget=budget, steps=steps, nfe=nfe, rmse=float(np.mean(errs))))
+            if steps is not None:
+                x0, info = sample(bank, x_T, schedule, name, steps=steps, return_info=True)
+                rows.append(scored("ours", name, budget, steps, info.nfe, x0))
     cache = {}
     for label, factory in diffusers_configs():
         for budget in budgets:
-            steps = diffusers_fit(factory, problems[0][0], problems[0][1], budget, cache)
+            steps = diffusers_fit(factory, models[0], noises[0], budget, cache)
             if steps is None:
                 continue
-            errs, nfe = [], None
             try:
-                for model, x_T, exact in problems:
-                    x0, nfe = run_diffusers(factory, model, x_T, steps)
-                    errs.append(((x0 - exact) ** 2).mean().sqrt().item())
+                x0, nfe = run_diffusers(factory, bank, x_T, steps)
             except Exception as e:
                 print(f"skipped {label} at {steps} steps: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            err = float(np.mean(errs))
-            if math.isfinite(err):
-                rows.append(dict(side="diffusers", name=label, budget=budget, steps=steps, nfe=nfe, rmse=err))
+            row = scored("diffusers", label, budget, steps, nfe, x0)
+            if math.isfinite(row["rmse"]):
+                rows.append(row)
     return rows
 
 
-def best(rows, side, budget, k=1):
-    sel = sorted((r for r in rows if r["side"] == side and r["budget"] == budget), key=lambda r: r["rmse"])
+def best(rows, side, budget, k=1, key="rmse"):
+    sel = sorted((r for r in rows if r["side"] == side and r["budget"] == budget), key=lambda r: r[key])
     return sel[:k]
 
 
@@ -195,18 +217,31 @@ def markdown(rows, budgets, mixtures, batch, fid_screen, fid_final, fid_spread, 
         f"`python scripts/bench_frontier.py` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {seconds / 60:.1f} min.", "",
         "## (a) Analytic Gaussian mixtures: RMSE to the exact probability-flow endpoint from t = 999", "",
-        f"8-component mixtures in 3×8×8 (seeds {mixtures}), {batch} noise samples each, linear schedule; every "
-        "sampler starts from the same x_T, read as the noise at t = 999, and runs the largest step count whose "
-        "NFE fits the budget. Mean RMSE over the mixtures.", "", "![RMSE against NFE](frontier.png)", "",
-        "| budget | best of ours | RMSE | best diffusers configuration | RMSE | ours / diffusers |",
-        "|---|---|---|---|---|---|"]
+        f"8-component mixtures in 3×8×8 (seeds {seed_text(mixtures)}), {batch} noise samples each, linear "
+        "schedule; every sampler starts from the same x_T, read as the noise at t = 999, and runs the largest step "
+        f"count whose NFE fits the budget. Each configuration's RMSE per mixture, then the mean over the "
+        f"{len(mixtures)} mixtures (the headline statistic) and their median. A *flip* is a sample that ends in "
+        f"another mixture component than the exact solution (RMSE > {FLIP}), out of {len(mixtures) * batch}.", "",
+        "![RMSE against NFE](frontier.png)", "",
+        "### Mean RMSE over the mixtures", "",
+        "| budget | best of ours | RMSE | flips | best diffusers configuration | RMSE | flips | ours / diffusers |",
+        "|---|---|---|---|---|---|---|---|"]
     for b in budgets:
         o, d = best(rows, "ours", b), best(rows, "diffusers", b)
         if o and d:
             o, d = o[0], d[0]
-            lines.append(f"| {b} | {o['name']} ({o['steps']} steps, NFE {o['nfe']}) | {o['rmse']:.2e} | "
-                         f"{d['name']} ({d['steps']} steps, NFE {d['nfe']}) | {d['rmse']:.2e} | "
+            lines.append(f"| {b} | {o['name']} ({o['steps']} steps, NFE {o['nfe']}) | {o['rmse']:.2e} | {o['flips']} | "
+                         f"{d['name']} ({d['steps']} steps, NFE {d['nfe']}) | {d['rmse']:.2e} | {d['flips']} | "
                          f"**{o['rmse'] / d['rmse']:.2f}×** |")
+    lines += ["", "### Median RMSE over the mixtures", "",
+              "| budget | best of ours | RMSE | best diffusers configuration | RMSE | ours / diffusers |",
+              "|---|---|---|---|---|---|"]
+    for b in budgets:
+        o, d = best(rows, "ours", b, key="median"), best(rows, "diffusers", b, key="median")
+        if o and d:
+            o, d = o[0], d[0]
+            lines.append(f"| {b} | {o['name']} ({o['steps']} steps) | {o['median']:.2e} | {d['name']} "
+                         f"({d['steps']} steps) | {d['median']:.2e} | **{o['median'] / d['median']:.2f}×** |")
     lines += ["", "### The paper's methods on the paper's grid", "",
               "| budget | " + " | ".join(["DDIM", "S-PNDM", "F-PNDM", "FON"]) + " |", "|---|---|---|---|---|"]
     for b in budgets:
@@ -217,14 +252,17 @@ def markdown(rows, budgets, mixtures, batch, fid_screen, fid_final, fid_spread, 
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     lines += ["", "### Top 5 on each side per budget", ""]
     for b in budgets:
-        lines.append(f"**NFE ≤ {b}**: ours — " + "; ".join(f"{r['name']} {r['rmse']:.2e}" for r in best(rows, "ours", b, 5))
-                     + " · diffusers — " + "; ".join(f"{r['name']} {r['rmse']:.2e}"
-                                                   for r in best(rows, "diffusers", b, 5)))
+        def top(side):
+            return "; ".join(f"{r['name']} {r['rmse']:.2e} (median {r['median']:.2e}, {r['flips']} flips)"
+                             for r in best(rows, side, b, 5))
+        lines.append(f"**NFE ≤ {b}**: ours — {top('ours')} · diffusers — {top('diffusers')}")
         lines.append("")
     if fid_final:
         lines += fid_markdown(fid_screen, fid_final, fid_spread, budgets, fid_settings)
-    lines += [ALL_MARK.strip() + ": analytic RMSE (best of each side per column in bold)", ""]
-    lines += full_table(rows, budgets, "rmse", lambda v: f"{v:.2e}") + [""]
+    for key, what in (("rmse", "mean"), ("median", "median")):
+        lines += [ALL_MARK.strip() + f": analytic RMSE, {what} over the mixtures (best of each side per column in "
+                  "bold)", ""]
+        lines += full_table(rows, budgets, key, lambda v: f"{v:.2e}") + [""]
     if fid_screen:
         screened = sorted({r["budget"] for r in fid_screen})
         lines += [f"## All configurations: screen FID on {fid_settings['screen']} samples (best of each side per "
@@ -282,11 +320,14 @@ def fid_markdown(screen, final, spread, budgets, settings):
     return lines
 
 
-def _finish(fig, ax, xlabel, ylabel, path):
+def _style(ax, xlabel, ylabel):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -310,25 +351,36 @@ def plot_fid(final, budgets, path):
     ax.set_yscale("log")
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    _finish(fig, ax, "NFE budget", "FID (digits features)", path)
+    _style(ax, "NFE budget", "FID (digits features)")
+    _save(fig, path)
 
 
 def plot(rows, budgets, path):
+    """Mean and median RMSE against NFE: the best configuration of each side at each budget (its name at the
+    point), and the paper's methods on the paper's grid."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side, style in (("ours", "-"), ("diffusers", "--")):
-        names = {r["name"] for b in budgets for r in best(rows, side, b, 2)}
-        for name in sorted(names):
-            pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["side"] == side and r["name"] == name)
-            ax.loglog(*zip(*pts), style, marker="o", label=f"{name}")
-    for m in ("DDIM", "F-PNDM"):
-        pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["side"] == "ours" and r["name"] == m)
-        ax.loglog(*zip(*pts), ":", marker="x", color="gray" if m == "DDIM" else "black", label=f"{m} (paper grid)")
-    _finish(fig, ax, "NFE", "RMSE to the exact flow endpoint", path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, what in ((axes[0], "rmse", "mean"), (axes[1], "median", "median")):
+        for side, style in (("ours", "o-"), ("diffusers", "s--")):
+            pts = [best(rows, side, b, key=key) for b in budgets]
+            pts = [r[0] for r in pts if r]
+            line, = ax.loglog([r["nfe"] for r in pts], [r[key] for r in pts], style, label=f"best of {side}")
+            for r in pts:
+                ax.annotate(r["name"].replace("Multistep", "").replace(", linspace", ""), (r["nfe"], r[key]),
+                            fontsize=6, color=line.get_color(), xytext=(4, -10 if side == "ours" else 6),
+                            textcoords="offset points")
+        for m, style in (("DDIM", "x:"), ("S-PNDM", "^:"), ("F-PNDM", "v:")):
+            pts = sorted((r["nfe"], r[key]) for r in rows if r["side"] == "ours" and r["name"] == m)
+            ax.loglog(*zip(*pts), style, color="gray", label=f"{m} (paper grid)")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{what} over the mixtures", fontsize=10)
+        _style(ax, "NFE", "RMSE to the exact flow endpoint")
+    _save(fig, path)
 
 
 class DigitsFID:
@@ -418,7 +470,7 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="5,10,20,50")
-    p.add_argument("--mixtures", default="0,1,2,3,4,5,6,7", help="mixture seeds")
+    p.add_argument("--mixtures", default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
     p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
     p.add_argument("--skip-fid", action="store_true")
     p.add_argument("--fid-top", type=int, default=2,
@@ -434,16 +486,17 @@ def main():
     args = p.parse_args()
     start = time.time()
     budgets = [int(b) for b in args.budgets.split(",")]
-    mixtures = [int(s) for s in args.mixtures.split(",")]
+    mixtures = parse_seeds(args.mixtures)
     schedule = NoiseSchedule("linear")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analytic model's small ops are fastest single-threaded
     rows = analytic_table(budgets, mixtures, args.batch, schedule)
     torch.set_num_threads(threads)
     for b in budgets:
-        o, d = best(rows, "ours", b)[0], best(rows, "diffusers", b)[0]
-        print(f"NFE ≤ {b}: ours {o['name']} {o['rmse']:.3e} | diffusers {d['name']} {d['rmse']:.3e} | "
-              f"ratio {o['rmse'] / d['rmse']:.2f}")
+        for key in ("rmse", "median"):
+            o, d = best(rows, "ours", b, key=key)[0], best(rows, "diffusers", b, key=key)[0]
+            print(f"NFE ≤ {b} {'mean' if key == 'rmse' else key}: ours {o['name']} {o[key]:.3e} ({o['flips']} flips)"
+                  f" | diffusers {d['name']} {d[key]:.3e} ({d['flips']} flips) | ratio {o[key] / d[key]:.2f}")
     screen_budgets = [int(b) for b in args.screen_budgets.split(",") if b.strip()]
     extra_seeds = range(1, args.fid_seeds)
     fid_screen, fid_final, fid_spread = ([], [], []) if args.skip_fid else fid_table(

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from models import GaussianMixture
+from models import GaussianMixture, MixtureBank
 from samplers import NoiseSchedule
 
 
@@ -49,3 +49,30 @@ def test_sample_data_moments():
     x = gm.sample_data(20000, torch.Generator().manual_seed(0))
     torch.testing.assert_close(x.mean(0), torch.tensor([2.0, -2.0], dtype=torch.float64), atol=0.02, rtol=0)
     torch.testing.assert_close(x.var(0), torch.tensor([0.25, 0.25], dtype=torch.float64), atol=0.01, rtol=0)
+
+
+def test_mixture_bank_is_each_mixture_on_its_own_block():
+    """A bank of mixtures gives every block of the batch its own mixture's ε, flow endpoint and sampler run."""
+    import pytest
+
+    from samplers import sample
+
+    s = NoiseSchedule("linear")
+    mixtures = [GaussianMixture.random(4, (2, 3), seed=seed, schedule=s) for seed in (0, 1, 2)]
+    bank = MixtureBank(mixtures)
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    per_sample_ab = torch.linspace(0.1, 0.9, 6, dtype=torch.float64)
+    expected = torch.cat([m.eps_at(b, a) for m, b, a in zip(mixtures, x.split(2), per_sample_ab.split(2))])
+    torch.testing.assert_close(bank.eps_at(x, per_sample_ab), expected, atol=1e-14, rtol=1e-12)
+    t = torch.full((6,), 600.0)
+    torch.testing.assert_close(bank(x, t), torch.cat([m(b, t[:2]) for m, b in zip(mixtures, x.split(2))]))
+    run = sample(bank, x, s, "UniPC-3(bh1)", steps=7)
+    torch.testing.assert_close(run, torch.cat([sample(m, b, s, "UniPC-3(bh1)", steps=7)
+                                               for m, b in zip(mixtures, x.split(2))]), atol=1e-12, rtol=1e-10)
+    end = bank.flow_endpoint(x, s.alpha_bar(999))
+    torch.testing.assert_close(end, torch.cat([m.flow_endpoint(b, s.alpha_bar(999)) for m, b in
+                                               zip(mixtures, x.split(2))]))
+    with pytest.raises(ValueError, match="equal blocks"):
+        bank(x[:5], t[:5])
+    with pytest.raises(ValueError, match="share"):
+        MixtureBank([mixtures[0], GaussianMixture.random(3, (2, 3), seed=9, schedule=s)])

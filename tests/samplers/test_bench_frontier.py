@@ -18,9 +18,38 @@ def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| 5 |"))
-    ours, theirs, ratio = float(row.split("|")[3]), float(row.split("|")[5]), row.split("**")[1]
+    ours, theirs, ratio = float(row.split("|")[3]), float(row.split("|")[6]), row.split("**")[1]
     assert f"{ours / theirs:.2f}×" == ratio
+    assert "### Median RMSE over the mixtures" in text
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_analytic_rows_are_the_per_mixture_errors_of_separate_runs():
+    """The bank-batched table = each mixture run on its own (GaussianMixture, no bank): mean, median, flips."""
+    import torch
+
+    from models import GaussianMixture
+    from samplers import NoiseSchedule, sample
+
+    schedule = NoiseSchedule("linear")
+    mixtures, batch = [3, 11, 4], 6
+    rows = bench_frontier.analytic_table([5], mixtures, batch, schedule)
+    row = next(r for r in rows if r["side"] == "ours" and r["name"] == "S-PNDM@power1.5")  # 3 flips here
+    errs, flips = [], 0
+    for seed in mixtures:
+        gm = GaussianMixture.random(8, (3, 8, 8), seed=seed, schedule=schedule)
+        x_T = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+        diff = sample(gm, x_T, schedule, "S-PNDM@power1.5", steps=4) - gm.flow_endpoint(x_T, schedule.alpha_bar(999))
+        errs.append(diff.pow(2).mean().sqrt().item())
+        flips += int((diff.pow(2).flatten(1).mean(1).sqrt() > bench_frontier.FLIP).sum())
+    assert np.isclose(row["rmse"], np.mean(errs), rtol=1e-6) and np.isclose(row["median"], np.median(errs), rtol=1e-6)
+    assert row["flips"] == flips > 0 and row["steps"] == 4 and row["nfe"] == 5  # S-PNDM's first step costs 2
+    assert any(r["side"] == "diffusers" for r in rows)
+
+
+def test_mixture_seeds_parse_ranges_and_lists():
+    assert bench_frontier.parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
+    assert bench_frontier.seed_text(range(64)) == "0–63" and bench_frontier.seed_text([1, 5]) == "1, 5"
 
 
 def test_digits_fid_is_the_runners_fid_of_the_same_samples():
