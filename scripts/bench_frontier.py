@@ -470,7 +470,7 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", default="5,10,20,50")
-    p.add_argument("--mixtures", default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
+    p.add_argument("--mixtures", type=parse_seeds, default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
     p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
     p.add_argument("--skip-fid", action="store_true")
     p.add_argument("--fid-top", type=int, default=2,
@@ -486,7 +486,7 @@ def main():
     args = p.parse_args()
     start = time.time()
     budgets = [int(b) for b in args.budgets.split(",")]
-    mixtures = parse_seeds(args.mixtures)
+    mixtures = args.mixtures
     schedule = NoiseSchedule("linear")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analytic model's small ops are fastest single-threaded
