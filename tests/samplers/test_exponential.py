@@ -165,6 +165,46 @@ def test_final_step_to_data_against_diffusers(parity_model, name, order, variant
         torch.testing.assert_close(ours[-1], theirs[-1].double(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+@pytest.mark.parametrize("name, order, variant", [("dpm_solver_pp", 2, None), ("official_3m", 3, None),
+                                                  ("unipc", 2, "bh1"), ("unipc", 3, "bh2"), ("deis", 3, None)])
+def test_cosine_schedule_from_t_max_matches_diffusers_in_float64(name, order, variant, spacing):
+    """The cosine schedule ('squaredcos_cap_v2') from t = 999, where ā = 2.4e-9: the data prediction divides by
+    sqrt(ā) = 4.9e-5, so float32 rounding moves the first steps by ~1e-3 (diffusers keeps its tables in float32).
+    In float64, with diffusers' tables promoted, both run the same algorithm to 1e-6."""
+    import diffusers
+
+    schedule = NoiseSchedule("cosine")
+    model = GaussianMixture.random(3, (3, 4, 4), seed=2, schedule=schedule)
+    common = dict(beta_schedule="squaredcos_cap_v2", solver_order=order, lower_order_final=False,
+                  timestep_spacing=spacing)
+    if name == "unipc":
+        sched = diffusers.UniPCMultistepScheduler(solver_type=variant, final_sigmas_type="sigma_min", **common)
+    elif name == "deis":
+        sched = diffusers.DEISMultistepScheduler(**common)
+    else:
+        sched = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint",
+                                                      final_sigmas_type="sigma_min", **common)
+    table = torch.from_numpy(schedule.alphas_cumprod.astype(np.float64))
+    sched.alphas_cumprod, sched.alpha_t, sched.sigma_t = table, table.sqrt(), (1 - table).sqrt()
+    sched.lambda_t = sched.alpha_t.log() - sched.sigma_t.log()
+    sched.set_timesteps(10)
+    sched.sigmas = sched.sigmas.double()
+    assert float(sched.timesteps[0]) == 999
+    x, theirs = x_T(), []
+    for t in sched.timesteps:
+        x = sched.step(eps_of(model)(x, float(t)), t, x).prev_sample
+        theirs.append(x)
+    ours = []
+    method(name, order, variant)(eps_of(model), functools.partial(schedule.alpha_bar, convention="standard"), x_T(),
+                                 [float(t) for t in sched.timesteps] + [0.0],
+                                 callback=lambda i, t, t_next, y: ours.append(y))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # accuracy on the analytic model
 
