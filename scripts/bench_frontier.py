@@ -2,7 +2,7 @@
 """The sampler frontier: our samplers against diffusers' schedulers at fixed NFE budgets, side by side.
 
 (a) RMSE to the exact probability-flow endpoint from t = 999 on 64 analytic Gaussian mixtures (32 noise samples
-    each, linear schedule; mean and median over the mixtures), for every method in ``samplers.available()`` and
+    each, linear schedule unless --schedule says otherwise; mean and median over the mixtures), for every method in ``samplers.available()`` and
     every diffusers scheduler configuration below, each at the largest step count whose NFE fits the budget;
 (b) FID on the digits demo model: a screen of every configuration of both sides on 256 samples at NFE 5/10/20,
     then the best few of each side (by screen FID; by (a) at NFE 50) and the paper's methods on 2,000 samples.
@@ -38,11 +38,14 @@ ALL_MARK = "\n## All configurations"  # the full tables follow the hand-written 
 # ---------------------------------------------------------------------------------------------------------------
 # diffusers side
 
-def diffusers_configs():
+DIFFUSERS_BETAS = {"linear": "linear", "cosine": "squaredcos_cap_v2", "quad": "scaled_linear"}  # same betas
+
+
+def diffusers_configs(schedule_kind: str = "linear"):
     """(label, scheduler factory) for every scheduler and sigma spacing diffusers offers here."""
     import diffusers as d
 
-    base = dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    base = dict(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule=DIFFUSERS_BETAS[schedule_kind])
     out = []
     spacings = ("leading", "trailing", "linspace")
     for sp in spacings:
@@ -173,7 +176,7 @@ def analytic_table(budgets, mixtures, batch, schedule):
                 x0, info = sample(bank, x_T, schedule, name, steps=steps, return_info=True)
                 rows.append(scored("ours", name, budget, steps, info.nfe, x0))
     cache = {}
-    for label, factory in diffusers_configs():
+    for label, factory in diffusers_configs(schedule.kind):
         for budget in budgets:
             steps = diffusers_fit(factory, models[0], noises[0], budget, cache)
             if steps is None:
@@ -211,13 +214,13 @@ def full_table(rows, budgets, key, fmt):
     return lines
 
 
-def markdown(rows, budgets, mixtures, batch, fid_screen, fid_final, fid_spread, fid_settings, seconds):
+def markdown(rows, budgets, mixtures, batch, kind, fid_screen, fid_final, fid_spread, fid_settings, seconds):
     lines = [
         "# The sampler frontier", "",
         f"`python scripts/bench_frontier.py` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {seconds / 60:.1f} min.", "",
         "## (a) Analytic Gaussian mixtures: RMSE to the exact probability-flow endpoint from t = 999", "",
-        f"8-component mixtures in 3×8×8 (seeds {seed_text(mixtures)}), {batch} noise samples each, linear "
+        f"8-component mixtures in 3×8×8 (seeds {seed_text(mixtures)}), {batch} noise samples each, {kind} "
         "schedule; every sampler starts from the same x_T, read as the noise at t = 999, and runs the largest step "
         f"count whose NFE fits the budget. Each configuration's RMSE per mixture, then the mean over the "
         f"{len(mixtures)} mixtures (the headline statistic) and their median. A *flip* is a sample that ends in "
@@ -472,6 +475,8 @@ def main():
     p.add_argument("--budgets", default="5,10,20,50")
     p.add_argument("--mixtures", type=parse_seeds, default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
     p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
+    p.add_argument("--schedule", choices=sorted(DIFFUSERS_BETAS), default="linear",
+                   help="noise schedule of the analytic benchmark (the FID stage uses the digits model's, linear)")
     p.add_argument("--skip-fid", action="store_true")
     p.add_argument("--fid-top", type=int, default=2,
                    help="configurations per side and budget scored on all FID samples")
@@ -487,7 +492,7 @@ def main():
     start = time.time()
     budgets = [int(b) for b in args.budgets.split(",")]
     mixtures = args.mixtures
-    schedule = NoiseSchedule("linear")
+    schedule = NoiseSchedule(args.schedule)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analytic model's small ops are fastest single-threaded
     rows = analytic_table(budgets, mixtures, args.batch, schedule)
@@ -507,7 +512,7 @@ def main():
     if fid_final:
         plot_fid(fid_final, budgets, out.with_name("frontier_fid.png"))
     settings = dict(screen=args.screen_samples, final=args.fid_samples, k=args.fid_top)
-    text = markdown(rows, budgets, mixtures, args.batch, fid_screen, fid_final, fid_spread, settings,
+    text = markdown(rows, budgets, mixtures, args.batch, schedule.kind, fid_screen, fid_final, fid_spread, settings,
                     time.time() - start)
     if out.exists() and "\n## Reading" in out.read_text():  # keep the hand-written interpretation, before the
         reading = out.read_text().split("\n## Reading", 1)[1].split(ALL_MARK, 1)[0]  # full tables

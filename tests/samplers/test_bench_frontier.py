@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -10,17 +11,18 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench_frontier  # noqa: E402
 
 
-def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path):
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path, kind):
     out = tmp_path / "FRONTIER.md"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_frontier.py"), "--budgets", "5",
-                           "--mixtures", "0", "--batch", "2", "--skip-fid", "--out", str(out)],
+                           "--mixtures", "0", "--batch", "2", "--skip-fid", "--schedule", kind, "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| 5 |"))
     ours, theirs, ratio = float(row.split("|")[3]), float(row.split("|")[6]), row.split("**")[1]
     assert f"{ours / theirs:.2f}×" == ratio
-    assert "### Median RMSE over the mixtures" in text
+    assert "### Median RMSE over the mixtures" in text and f"{kind} schedule" in text
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 
@@ -65,3 +67,12 @@ def test_digits_fid_is_the_runners_fid_of_the_same_samples():
     assert np.isclose(fid(row), by_hand, rtol=1e-9)
     fid.reseed(1)  # another noise seed gives other samples, hence another FID
     assert not np.isclose(fid(row), by_hand, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "quad"])
+def test_diffusers_side_uses_the_benchmarks_schedule(kind):
+    from samplers import NoiseSchedule
+
+    ours = NoiseSchedule(kind).alphas_cumprod
+    for label, factory in bench_frontier.diffusers_configs(kind)[::9]:
+        np.testing.assert_allclose(factory().alphas_cumprod.numpy(), ours, atol=1e-6, rtol=0, err_msg=label)
