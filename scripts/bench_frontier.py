@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -169,14 +170,15 @@ def analytic_table(budgets, mixtures, batch, schedule):
                     median=float(np.median(per_mixture)), flips=int((per_sample.sqrt() > FLIP).sum()))
 
     rows = []  # dict(side, name, budget, steps, nfe, rmse (mean over mixtures), median, flips)
-    for name in our_methods():
+    for name in tqdm(our_methods(), desc="analytic: ours", unit="method", dynamic_ncols=True):
         for budget in budgets:
             steps = our_fit(name, schedule, budget)
             if steps is not None:
                 x0, info = sample(bank, x_T, schedule, name, steps=steps, return_info=True)
                 rows.append(scored("ours", name, budget, steps, info.nfe, x0))
     cache = {}
-    for label, factory in diffusers_configs(schedule.kind):
+    for label, factory in tqdm(diffusers_configs(schedule.kind), desc="analytic: diffusers", unit="config",
+                               dynamic_ncols=True):
         for budget in budgets:
             steps = diffusers_fit(factory, models[0], noises[0], budget, cache)
             if steps is None:
@@ -434,9 +436,9 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
     screen = []
     for b in screen_budgets:
         started = time.time()
-        for r in rows:
-            if r["budget"] == b:
-                screen.append({**r, "fid": fid(r, screen_samples)})
+        for r in tqdm([r for r in rows if r["budget"] == b], desc=f"FID screen NFE≤{b}", unit="config",
+                      dynamic_ncols=True):
+            screen.append({**r, "fid": fid(r, screen_samples)})
         print(f"FID screen NFE≤{b}: {sum(r['budget'] == b for r in screen)} configurations on {screen_samples} "
               f"samples in {time.time() - started:.0f} s", flush=True)
     final = []
