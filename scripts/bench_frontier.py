@@ -9,6 +9,7 @@
 
     python scripts/bench_frontier.py                    # writes docs/FRONTIER.md and docs/frontier.png
     python scripts/bench_frontier.py --budgets 10,20 --skip-fid
+    python scripts/bench_frontier.py --skip-fid --schedule cosine --mixtures 16-63 --out /tmp/cosine/FRONTIER.md
 """
 from __future__ import annotations
 
@@ -141,6 +142,14 @@ def seed_text(seeds) -> str:
     seeds = list(seeds)
     contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
     return f"{seeds[0]}–{seeds[-1]}" if contiguous and len(seeds) > 2 else ", ".join(map(str, seeds))
+
+
+def budget_list(text: str) -> list[int]:
+    """'5,10,20' → [5, 10, 20]; '' → [] (argparse turns a ValueError into a usage error)."""
+    budgets = [int(b) for b in text.split(",") if b.strip()]
+    if any(b < 1 for b in budgets):
+        raise ValueError("budgets must be positive")
+    return budgets
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -474,25 +483,28 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budgets", default="5,10,20,50")
+    p.add_argument("--budgets", type=budget_list, default="5,10,20,50", help="NFE budgets, comma-separated")
     p.add_argument("--mixtures", type=parse_seeds, default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
     p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
     p.add_argument("--schedule", choices=sorted(DIFFUSERS_BETAS), default="linear",
                    help="noise schedule of the analytic benchmark (the FID stage uses the digits model's, linear)")
-    p.add_argument("--skip-fid", action="store_true")
+    p.add_argument("--skip-fid", action="store_true", help="the analytic benchmark only (1.5 min instead of 11)")
     p.add_argument("--fid-top", type=int, default=2,
                    help="configurations per side and budget scored on all FID samples")
-    p.add_argument("--fid-samples", type=int, default=2000)
+    p.add_argument("--fid-samples", type=int, default=2000, help="samples per FID of the final table")
     p.add_argument("--screen-samples", type=int, default=256,
                    help="samples per configuration in the FID screen")
     p.add_argument("--fid-seeds", type=int, default=5,
                    help="noise seeds (0 and up) on which the best pair of each screened budget is scored")
-    p.add_argument("--screen-budgets", default="5,10,20",
+    p.add_argument("--screen-budgets", type=budget_list, default="5,10,20",
                    help="budgets at which every configuration is FID-screened ('' for none)")
-    p.add_argument("--out", default="docs/FRONTIER.md")
+    p.add_argument("--out", default="docs/FRONTIER.md",
+                   help="the report; its plots go next to it, and its '## Reading' section is kept")
     args = p.parse_args()
     start = time.time()
-    budgets = [int(b) for b in args.budgets.split(",")]
+    budgets = args.budgets
+    if not budgets:
+        p.error("--budgets needs at least one budget")
     mixtures = args.mixtures
     schedule = NoiseSchedule(args.schedule)
     threads = torch.get_num_threads()
@@ -504,7 +516,7 @@ def main():
             o, d = best(rows, "ours", b, key=key)[0], best(rows, "diffusers", b, key=key)[0]
             print(f"NFE ≤ {b} {'mean' if key == 'rmse' else key}: ours {o['name']} {o[key]:.3e} ({o['flips']} flips)"
                   f" | diffusers {d['name']} {d[key]:.3e} ({d['flips']} flips) | ratio {o[key] / d[key]:.2f}")
-    screen_budgets = [int(b) for b in args.screen_budgets.split(",") if b.strip()]
+    screen_budgets = args.screen_budgets
     extra_seeds = range(1, args.fid_seeds)
     fid_screen, fid_final, fid_spread = ([], [], []) if args.skip_fid else fid_table(
         rows, budgets, screen_budgets, args.screen_samples, args.fid_samples, args.fid_top, extra_seeds)
