@@ -96,7 +96,7 @@ def get_method(name: str) -> Method:
         m = METHODS[base.strip().upper()]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(m.name for m in _METHODS)} "
-                         f"(optionally @{'/@'.join(SPACINGS)})") from None
+                         f"(optionally @{'/@'.join(('paper',) + SPACINGS)})") from None
     if not spacing:
         return m
     spacing = spacing.strip().lower()
