@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .grids import SPACINGS, spaced_grid, uniform_grid
+from .grids import SPACINGS, check_timesteps, spaced_grid, uniform_grid
 from .multistep import WARMUP_EXTRA_NFE, classical_family, linear_multistep, pseudo_family
 from .probability_flow import probability_flow
 from .schedule import NoiseSchedule, check_convention
@@ -118,11 +118,27 @@ def method_grid(m: Method, schedule: NoiseSchedule, steps: int, convention: str)
     return spaced_grid(schedule, steps, m.grid), schedule.alpha_bar_continuous
 
 
-def expected_nfe(method: str, steps: int, schedule: NoiseSchedule, convention: str = "standard") -> int:
+def custom_grid(m: Method, schedule: NoiseSchedule, timesteps, steps, convention: str):
+    """(timesteps, alpha_bar) for a grid the user gives: ā read as on the spaced grids (interpolated)."""
+    if m.kind == "ode":
+        raise ValueError(f"{m.name} is adaptive and takes no grid")
+    if "@" in m.name:
+        raise ValueError(f"timesteps= replaces the grid: give {m.name.split('@')[0]!r}, not {m.name!r}")
+    if steps is not None:
+        raise ValueError("give steps or timesteps, not both")
+    if convention != "standard":
+        raise ValueError("timesteps= runs under the standard convention only")
+    return check_timesteps(timesteps, schedule.T), schedule.alpha_bar_continuous
+
+
+def expected_nfe(method: str, steps: Optional[int], schedule: NoiseSchedule, convention: str = "standard",
+                 timesteps: Optional[Sequence[float]] = None) -> int:
     """The NFE ``sample`` will spend, without running it (not defined for the adaptive PF solver)."""
     m = get_method(method)
     if m.kind == "ode":
         raise ValueError("PF is adaptive: its NFE is known only after solving")
+    if timesteps is not None:
+        return m.nfe(len(custom_grid(m, schedule, timesteps, steps, convention)[0]) - 1)
     return m.nfe(len(method_grid(m, schedule, steps, convention)[0]) - 1)
 
 
@@ -186,6 +202,7 @@ def sample(
     steps: Optional[int] = None,
     convention: str = "standard",
     *,
+    timesteps: Optional[Sequence[float]] = None,
     eta: Optional[float] = None,
     generator: Union[None, torch.Generator, Iterable[torch.Generator]] = None,
     callback: Optional[Callable[[dict], None]] = None,
@@ -198,6 +215,9 @@ def sample(
 
     model(x, t) -> ε, with t a float tensor of shape (B,). ``steps`` is the number of grid steps (see
     ``grids.uniform_grid`` for the two conventions); PF takes ``rtol``, ``atol`` and ``t_end`` instead.
+    ``timesteps`` replaces the method's grid by your own (instead of ``steps``): strictly decreasing model
+    timesteps from at most T−1, then the last step's target, −1 for ā = 1; ā is interpolated at fractional
+    timesteps, as on the built-in spaced grids.
     ``eta`` (DDIM only) adds DDIM's stochasticity; stochastic methods draw noise from ``generator``: one
     torch.Generator, or one per sample so that sample i does not depend on its batch.
     ``callback`` receives a dict {step, t, t_next, x, nfe} after every step (for PF: after every model call,
@@ -216,8 +236,8 @@ def sample(
 
     with torch.no_grad():
         if m.kind == "ode":
-            if steps is not None:
-                raise ValueError("PF is an adaptive solver: give rtol/atol, not steps")
+            if steps is not None or timesteps is not None:
+                raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
             info = SampleInfo(m.name, None)
             eps = _CountingModel(model, info, None)
             user_cb = None
@@ -226,9 +246,12 @@ def sample(
                                                  "t_next": None, "x": x, "nfe": info.nfe})
             x0 = probability_flow(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb)
         else:
-            if steps is None:
-                raise ValueError(f"{m.name} needs steps")
-            grid, alpha_bar = method_grid(m, schedule, steps, convention)
+            if timesteps is not None:
+                grid, alpha_bar = custom_grid(m, schedule, timesteps, steps, convention)
+            elif steps is None:
+                raise ValueError(f"{m.name} needs steps (or timesteps)")
+            else:
+                grid, alpha_bar = method_grid(m, schedule, steps, convention)
             info = SampleInfo(m.name, convention, timesteps=grid)
             eps = _CountingModel(model, info, len(grid) - 1)
 

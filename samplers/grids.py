@@ -100,3 +100,26 @@ def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 
         ts = np.interp(ab_target, ab[::-1], np.arange(T, dtype=np.float64)[::-1])
     ts[0] = T - 1  # exact despite rounding in the maps above
     return [float(t) for t in ts] + [-1.0]
+
+
+def check_timesteps(timesteps, T: int) -> list[float]:
+    """A user's own grid as a list of floats, or a ValueError that says what is wrong.
+
+    The grid is the model timesteps the sampler visits, strictly decreasing from at most T−1, followed by the target
+    of the last step: −1 for ā = 1 (the data), as every built-in grid ends, or a timestep ≥ 0 to stop early.
+    """
+    try:
+        ts = [float(t) for t in timesteps]
+    except (TypeError, ValueError):
+        raise ValueError("timesteps must be a sequence of numbers") from None
+    if len(ts) < 2:
+        raise ValueError(f"timesteps needs at least 2 entries (a start and a target), got {len(ts)}")
+    if not all(np.isfinite(ts)):
+        raise ValueError("timesteps must be finite")
+    if any(b >= a for a, b in zip(ts, ts[1:])):
+        raise ValueError("timesteps must be strictly decreasing")
+    if ts[0] > T - 1:
+        raise ValueError(f"timesteps start at {ts[0]:g}, beyond the {T}-step schedule's last timestep {T - 1}")
+    if ts[-2] < 0 or ts[-1] < -1:
+        raise ValueError("model timesteps must be >= 0 and the final target >= -1 (−1 is ā = 1)")
+    return ts

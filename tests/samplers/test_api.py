@@ -221,3 +221,46 @@ def test_grid_suffix_errors():
         sample(lambda x, t: x, noise(1), SCHEDULE, method="DDIM@karras", steps=5, convention="official")
     with pytest.raises(ValueError, match="adaptive"):
         sample(lambda x, t: x, noise(1), SCHEDULE, method="PF@karras")
+
+
+@pytest.mark.parametrize("method, spacing", [("UniPC-3(bh1)", "power1.5"), ("iPNDM", "logsnr"),
+                                             ("F-PNDM", "quadratic"), ("DDIM", "karras")])
+def test_own_timesteps_equal_the_named_grid(model, method, spacing):
+    """timesteps= with a built-in grid's points runs exactly what NAME@spacing runs."""
+    from samplers.grids import spaced_grid
+
+    grid = spaced_grid(SCHEDULE, 8, spacing)
+    named, info_named = sample(model, noise(3), SCHEDULE, f"{method}@{spacing}", steps=8, return_info=True)
+    own, info = sample(model, noise(3), SCHEDULE, method, timesteps=grid, return_info=True)
+    assert torch.equal(own, named)
+    assert info.timesteps == grid and info.nfe == info_named.nfe == expected_nfe(method, None, SCHEDULE,
+                                                                                  timesteps=grid)
+
+
+def test_own_timesteps_stop_early_and_change_the_result(model):
+    """A target ≥ 0 stops there (x at that noise level); another grid gives another sample."""
+    x_mid = sample(model, noise(2), SCHEDULE, "DDIM", timesteps=[999, 600, 300])
+    x_0 = sample(model, noise(2), SCHEDULE, "DDIM", timesteps=[999, 600, 300, -1])
+    x_other = sample(model, noise(2), SCHEDULE, "DDIM", timesteps=[999, 500, 300, -1])
+    assert not torch.allclose(x_mid, x_0) and not torch.allclose(x_0, x_other)
+    # one DDIM step from 300 to -1 by hand, from the state the early stop returned
+    ab = SCHEDULE.alpha_bar_continuous(300.0)
+    eps = model(x_mid, torch.full((2,), 300.0))
+    torch.testing.assert_close(x_0, (x_mid - (1 - ab) ** 0.5 * eps) / ab ** 0.5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="DDIM", timesteps=[999, 999, -1]), "strictly decreasing"),
+    (dict(method="DDIM", timesteps=[1000, 500, -1]), "beyond"),
+    (dict(method="DDIM", timesteps=[999, -1, -2]), ">= 0"),
+    (dict(method="DDIM", timesteps=[999]), "at least 2"),
+    (dict(method="DDIM", timesteps=[999, float("nan"), -1]), "finite"),
+    (dict(method="DDIM", timesteps="abc"), "numbers"),
+    (dict(method="DDIM", timesteps=[999, -1], steps=1), "not both"),
+    (dict(method="DDIM@karras", timesteps=[999, -1]), "replaces the grid"),
+    (dict(method="DDIM", timesteps=[999, -1], convention="official"), "standard convention"),
+    (dict(method="PF", timesteps=[999, -1]), "adaptive"),
+])
+def test_bad_own_timesteps(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(model, noise(1), SCHEDULE, **kwargs)
