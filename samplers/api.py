@@ -131,15 +131,22 @@ def custom_grid(m: Method, schedule: NoiseSchedule, timesteps, steps, convention
     return check_timesteps(timesteps, schedule.T), schedule.alpha_bar_continuous
 
 
+def run_grid(m: Method, schedule: NoiseSchedule, steps, timesteps, convention: str):
+    """(timesteps, alpha_bar) a fixed-step run of ``m`` uses: the user's ``timesteps``, or its grid of ``steps``."""
+    if timesteps is not None:
+        return custom_grid(m, schedule, timesteps, steps, convention)
+    if steps is None:
+        raise ValueError(f"{m.name} needs steps (or timesteps)")
+    return method_grid(m, schedule, steps, convention)
+
+
 def expected_nfe(method: str, steps: Optional[int], schedule: NoiseSchedule, convention: str = "standard",
                  timesteps: Optional[Sequence[float]] = None) -> int:
     """The NFE ``sample`` will spend, without running it (not defined for the adaptive PF solver)."""
     m = get_method(method)
     if m.kind == "ode":
         raise ValueError("PF is adaptive: its NFE is known only after solving")
-    if timesteps is not None:
-        return m.nfe(len(custom_grid(m, schedule, timesteps, steps, convention)[0]) - 1)
-    return m.nfe(len(method_grid(m, schedule, steps, convention)[0]) - 1)
+    return m.nfe(len(run_grid(m, schedule, steps, timesteps, convention)[0]) - 1)
 
 
 @dataclass
@@ -246,12 +253,7 @@ def sample(
                                                  "t_next": None, "x": x, "nfe": info.nfe})
             x0 = probability_flow(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb)
         else:
-            if timesteps is not None:
-                grid, alpha_bar = custom_grid(m, schedule, timesteps, steps, convention)
-            elif steps is None:
-                raise ValueError(f"{m.name} needs steps (or timesteps)")
-            else:
-                grid, alpha_bar = method_grid(m, schedule, steps, convention)
+            grid, alpha_bar = run_grid(m, schedule, steps, timesteps, convention)
             info = SampleInfo(m.name, convention, timesteps=grid)
             eps = _CountingModel(model, info, len(grid) - 1)
 
