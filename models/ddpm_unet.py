@@ -143,7 +143,9 @@ class _TimeEmbedding(nn.Module):
         self.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
 
     def forward(self, t: torch.Tensor, ch: int) -> torch.Tensor:
-        temb = ddpm_timestep_embedding(t, ch)
+        # The embedding is always computed in float32 (the released outputs depend on it) and then handed to
+        # the dense layers in their own dtype, so a float64 or bf16 network runs whatever dtype t comes in.
+        temb = ddpm_timestep_embedding(t, ch).to(self.dense[0].weight.dtype)
         return self.dense[1](F.silu(self.dense[0](temb)))
 
 
@@ -159,7 +161,9 @@ class _Middle(nn.Module):
 
 
 class DDPMUNet(nn.Module):
-    """ε-prediction UNet: `model(x, t)` with x (B, C, H, W) and t a float tensor (B,) of model timesteps.
+    """ε-prediction UNet: `model(x, t)` with x (B, C, H, W) and t a tensor (B,) of model timesteps.
+
+    The network runs in the dtype of its weights (x must have it too); t may be of any dtype.
 
     Build it from the released configs' Model section with `DDPMUNet.from_config(section)`; the keyword
     arguments are those keys. `type` ('simple') is accepted and ignored.

@@ -41,13 +41,16 @@ def iddpm_timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32, C) computed in float32 whatever the input dtype (the statistics are unstable in fp16)."""
+    """GroupNorm(32, C) computed in at least float32 whatever the input dtype (the statistics are unstable in
+    fp16); a float64 network keeps float64. The affine parameters are cast along, so weights in any dtype work."""
 
     def __init__(self, channels: int):
         super().__init__(num_groups=32, num_channels=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+        return out.to(x.dtype)
 
 
 class TimestepBlock(nn.Module):
@@ -169,7 +172,8 @@ class Upsample(nn.Module):
 
 
 class IDDPMUNet(nn.Module):
-    """improved-diffusion UNet: `model(x, t)` with x (B, C, H, W) and t a float tensor (B,).
+    """improved-diffusion UNet: `model(x, t)` with x (B, C, H, W) and t a tensor (B,) of any dtype; the network
+    runs in the dtype of its weights (x must have it too).
 
     - `eps_only`: with learned σ (out_channels == 2·in_channels) return only ε, the first half of the output
       channels, as the PNDM release does; otherwise return every channel (training needs the σ half too).
@@ -282,7 +286,9 @@ class IDDPMUNet(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        emb = self.time_embed(iddpm_timestep_embedding(t.float() * self.timestep_scale, self.model_channels))
+        # Embedded in float32 (as improved-diffusion does), then run in the dtype of the network's weights.
+        emb = iddpm_timestep_embedding(t.float() * self.timestep_scale, self.model_channels)
+        emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
 
         skips = []
         h = x

@@ -44,7 +44,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
                           channels_last: bool | None = None) -> Eps:
     """A function eps(x, t) computing `model(x, t)` faster; the model itself is not modified.
 
-    - fused `scaled_dot_product_attention` in every attention block;
+    - fused `scaled_dot_product_attention` in the attention blocks (their `use_sdpa` default; the model's
+      own setting is kept, so a model switched to explicit attention stays a reference);
     - channels-last memory layout for the convolutions; `channels_last=None` picks it where it was measured to
       help: on the CPU (1.14× in fp32) but not on CUDA, where GroupNorm on channels-last tensors made the
       CIFAR-10 UNet 0.83× as fast eagerly (H200, batch 256; docs/PERFORMANCE.md);
@@ -60,9 +61,6 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
                          + ("" if precision == "bf16" or device.type != "cpu" else " or bf16"))
 
     fast = copy.deepcopy(model).eval()
-    for module in fast.modules():
-        if hasattr(module, "use_sdpa"):
-            module.use_sdpa = True
     layout = torch.channels_last if (device.type == "cpu" if channels_last is None else channels_last) \
         else torch.contiguous_format
     fast = fast.to(memory_format=layout)

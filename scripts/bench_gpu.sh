@@ -48,9 +48,10 @@ CKPT=$(mktemp -d)/random_cifar10.ckpt
 $PY - "$CKPT" <<'EOF'
 import sys
 import torch
-from models.checkpoints import KNOWN_MODEL_CONFIGS, build_model
+from models import build_model
+from models.factory import known_model_configs
 torch.manual_seed(0)
-torch.save(build_model(KNOWN_MODEL_CONFIGS["cifar10"]).state_dict(), sys.argv[1])
+torch.save(build_model(known_model_configs()["cifar10"]).state_dict(), sys.argv[1])
 EOF
 for options in "--precision fp32" "--precision bf16" "--precision bf16 --compile"; do
   SAMPLES=$(mktemp -d)

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoints import KNOWN_MODEL_CONFIGS, build_model, load_model  # noqa: E402
+from models import build_model, load_model  # noqa: E402
+from models.factory import known_model_configs  # noqa: E402
 from models.inference import precision_supported, prepare_for_inference  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    config = KNOWN_MODEL_CONFIGS["cifar10"]
+    config = known_model_configs()["cifar10"]
     model = load_model(config, args.checkpoint) if args.checkpoint else build_model(config).eval()
     model = model.to(device)
     x = torch.randn(args.batch, 3, 32, 32, device=device)

@@ -1,0 +1,273 @@
+"""From a weights file (or diffusers directory) to a UNet in eval mode, with errors that say what went wrong.
+
+Formats recognised (detected from the content, not the file name):
+- a plain state dict (.ckpt/.pth/.pt/.bin or .safetensors) — the pytorch_diffusion and PNDM releases;
+- DDIM's training list `[state_dict, optimizer, epoch, step, ema_shadow]` (its CelebA file) — the EMA shadow
+  is used when present;
+- this project's training dict `{'model': sd, 'ema': sd, ...}` — 'ema' preferred;
+- a diffusers `UNet2DModel` directory (config.json + diffusion_pytorch_model.safetensors / .bin), or a
+  pipeline directory holding one under `unet/`; diffusers-named keys in a plain file are translated too.
+Prefixes left by DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) are stripped.
+
+Files are read with `torch.load(weights_only=True)` (or safetensors): nothing is unpickled that could run code.
+A file that needs full unpickling is refused unless the caller passes `trust_pickle=True`. Whatever a file
+holds — garbage, text, a truncated download — the caller gets a one-line CheckpointError naming it, never the
+unpickler's own exception.
+
+When a checkpoint does not fit the configured model, the message lists the differing keys and names the known
+layout (`configs/*.yml`) that the checkpoint has, which is usually the config that should have been used.
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .diffusers_format import (
+    diffusers_to_ddpm_state_dict,
+    diffusers_weights_file,
+    find_diffusers_dir,
+    looks_like_diffusers,
+    read_diffusers_config,
+)
+from .errors import CheckpointError, CheckpointNotFoundError, UntrustedCheckpointError
+from .factory import build_model, known_model_configs
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "UntrustedCheckpointError", "identify_layout",
+           "load_model", "read_checkpoint"]
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN_KEYS = 3
+_REASON_CHARS = 200
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an exception's message, shortened: torch's own messages run to several paragraphs,
+    and ours must stay on one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 1] + "…"
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    # torch raises assorted errors (KeyError, RuntimeError, EOFError, IndexError) on garbage
+    reason = _reason(err)
+    return CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}"
+                           + (f": {reason})" if reason else ")"))
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+        if not trust_pickle:
+            raise UntrustedCheckpointError(
+                f"{path} holds pickled Python objects besides tensors and loading it could run arbitrary code; "
+                "if you trust its source, load it with trust_pickle=True") from None
+    except Exception as err:
+        raise _unreadable(path, err) from None
+    try:  # the weights-only reader also refuses plain garbage, which the full unpickler then chokes on
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise _unreadable(path, err) from None
+
+
+def _read_weights_file(path: Path, trust_pickle: bool) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(err)})") from None
+    return _torch_load(path, trust_pickle)
+
+
+def _unwrap(obj: Any, source: Path) -> tuple[Mapping[str, torch.Tensor], str]:
+    """The weights inside a loaded object, and a description of the container they came from."""
+    if _is_tensor_dict(obj):
+        return obj, "state dict"
+    if isinstance(obj, (list, tuple)) and obj and _is_tensor_dict(obj[0]):
+        if len(obj) >= 5 and _is_tensor_dict(obj[4]):
+            return obj[4], "DDIM training list, EMA shadow (item 4)"
+        return obj[0], f"DDIM training list of {len(obj)} items without an EMA shadow, raw weights (item 0)"
+    if isinstance(obj, Mapping):
+        for key, desc in (("ema", "training dict, 'ema' weights"),
+                          ("model", "training dict, 'model' weights (no 'ema' entry)"),
+                          ("state_dict", "dict with a 'state_dict' entry")):
+            if _is_tensor_dict(obj.get(key)):
+                return obj[key], desc
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise CheckpointError(f"{source}: unrecognised checkpoint: a dict with keys [{keys}] and no state dict "
+                              "under 'ema', 'model' or 'state_dict'")
+    raise CheckpointError(f"{source}: unrecognised checkpoint: a {type(obj).__name__}, not a state dict, a DDIM "
+                          "training list or a training dict")
+
+
+def _strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = dict(state_dict)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights in a checkpoint file or diffusers directory, in the DDPM/iDDPM key layout, and a
+    description of the format found. Raises CheckpointError (or its subclasses) with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        found = find_diffusers_dir(path)
+        if found is None:
+            raise CheckpointError(f"{path} is a directory but not a diffusers UNet2DModel folder (config.json + "
+                                  "diffusion_pytorch_model.safetensors or .bin)")
+        weights = diffusers_weights_file(found)
+        read_diffusers_config(found)  # refuse what DDPM cannot do
+        state, _ = _unwrap(_read_weights_file(weights, trust_pickle), weights)
+        fmt = f"diffusers UNet2DModel directory ({weights.name})"
+    else:
+        state, fmt = _unwrap(_read_weights_file(path, trust_pickle), path)
+    state = _strip_wrapper_prefixes(state)
+    if looks_like_diffusers(state):
+        state = diffusers_to_ddpm_state_dict(state)
+        if not path.is_dir():
+            fmt += ", diffusers key names"
+    return state, fmt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnostics: which known layout a checkpoint has
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _known_layouts() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Key → shape of every known layout, built on the meta device (no memory is allocated)."""
+    with torch.device("meta"):
+        return {name: _shapes(build_model(cfg).state_dict()) for name, cfg in known_model_configs().items()}
+
+
+def identify_layout(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], tuple[str, int, int] | None]:
+    """Which known layouts these key shapes are exactly; and the closest one (name, agreeing, total)."""
+    shapes = {k: tuple(s) for k, s in shapes.items()}
+    exact, best = [], None
+    for name, layout in _known_layouts().items():
+        if shapes == layout:
+            exact.append(name)
+        agree = sum(1 for k, s in shapes.items() if layout.get(k) == s)
+        total = max(len(shapes), len(layout))
+        if best is None or agree / total > best[1] / best[2]:
+            best = (name, agree, total)
+    return exact, best
+
+
+def _describe(section: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in section.items() if k not in ("dropout", "type", "dims",
+                                                                          "use_checkpoint"))
+
+
+def _some(keys: list[str], show=lambda k: k) -> str:
+    more = f", … (+{len(keys) - _SHOWN_KEYS})" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(show(k) for k in keys[:_SHOWN_KEYS]) + more
+
+
+def _differences(expected: Mapping[str, tuple], got: Mapping[str, tuple]) -> list[str]:
+    """'N missing (...)', 'N unexpected (...)', 'N with other shapes (...)': whichever apply."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [k for k in expected if k in got and got[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} with other shapes "
+                     f"({_some(mismatched, lambda k: f'{k}: checkpoint {list(got[k])} vs model {list(expected[k])}')})")
+    return parts
+
+
+def _layout_hint(got: Mapping[str, tuple]) -> str:
+    """Which known layout the checkpoint has, or the closest one: usually the config that should be used."""
+    known = known_model_configs()
+    exact, closest = identify_layout(got)
+    if exact:
+        return (f"The checkpoint has the layout of the released {' / '.join(exact)} model "
+                f"(Model: {_describe(known[exact[0]])}); use that config.")
+    if closest and closest[1] >= closest[2] // 2:
+        return (f"It matches none of the released layouts exactly; closest is {closest[0]} "
+                f"({closest[1]} of {closest[2]} keys agree).")
+    return f"It matches none of the released layouts ({', '.join(known)})."
+
+
+def _fit_error(path: Path, fmt: str, model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """None when `state` loads strictly into `model`; otherwise the message naming what differs."""
+    got = _shapes(state)
+    parts = _differences(_shapes(model.state_dict()), got)
+    if not parts:
+        return None
+    return (f"checkpoint {path} ({fmt}) does not fit the {type(model).__name__} built from the config "
+            f"({_describe(model.config)}). {_layout_hint(got)} Differences: " + "; ".join(parts) + ".")
+
+
+def _infer_section(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A Model section for a checkpoint given without a config: from diffusers' config.json or a known layout."""
+    found = find_diffusers_dir(path) if path.is_dir() else None
+    if found is not None:
+        return read_diffusers_config(found)
+    exact, _ = identify_layout(_shapes(state))
+    if exact:
+        return dict(known_model_configs()[exact[0]])
+    raise CheckpointError(f"{path}: no config given and the checkpoint matches none of the released layouts "
+                          f"({', '.join(known_model_configs())}); pass the config it was trained with")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model(cfg: Mapping[str, Any] | None, path: str | Path, trust_pickle: bool = False, *,
+               device: str | torch.device | None = None, eps_only: bool = True) -> nn.Module:
+    """Build the model that `cfg` describes, load the checkpoint at `path` strictly, return it in eval mode.
+
+    `cfg` is the full config (with a 'Model' section) or the Model section alone; with None the architecture is
+    taken from a diffusers config.json or recognised from the known layouts. The weights are the EMA ones
+    wherever the file has both. Raises CheckpointError (a ValueError) when the file cannot be read or does not
+    fit, naming the differing keys and the known layout the checkpoint looks like.
+    """
+    path = Path(path)
+    state, fmt = read_checkpoint(path, trust_pickle)
+    if cfg is None:
+        cfg = _infer_section(path, state)
+    model = build_model(cfg, eps_only=eps_only)
+    message = _fit_error(path, fmt, model, state)
+    if message:
+        raise CheckpointError(message)
+    model.load_state_dict(state, strict=True)
+    if device is not None:
+        model.to(device)
+    return model.eval()
