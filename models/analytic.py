@@ -44,7 +44,7 @@ class _TimestepModel:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         if self.schedule is None:
             raise ValueError(f"{type(self).__name__} needs a schedule to map timesteps to noise levels")
-        ab = self.schedule.alpha_bar_interp(torch.as_tensor(t).detach().cpu().double().numpy())
+        ab = self.schedule.alpha_bar_lerp_clamped(torch.as_tensor(t).detach().cpu().double().numpy())
         return self.eps_at(x, ab)
 
 

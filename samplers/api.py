@@ -1,15 +1,17 @@
-"""The one entry point: ``sample(model, x_T, schedule, method=..., steps=...)`` and the method registry."""
+"""The one entry point: ``sample(model, x_T, schedule, method=..., steps=...)``, the method registry, and
+``plan()``, which validates a run's arguments and says what it will do without running it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Callable, Iterable, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .grids import SPACINGS, check_timesteps, spaced_grid, uniform_grid
-from .multistep import WARMUP_EXTRA_NFE, classical_family, linear_multistep, pseudo_family
+from .exponential import deis, dpm_solver_pp, unipc, variable_step_adams
+from .grids import SPACINGS, Grid, make_custom_grid, make_paper_grid, make_spaced_grid
+from .multistep import WARMUP_EXTRA_NFE, linear_multistep
 from .probability_flow import probability_flow
 from .schedule import NoiseSchedule, check_convention
 from .stochastic import generalized_ddim
@@ -17,11 +19,13 @@ from .stochastic import generalized_ddim
 
 @dataclass(frozen=True)
 class Method:
-    """What a method name means: the algorithm and the time grid it runs on.
+    """What a method name means: its engine, the engine's options, and the time grid it runs on.
 
     ``kind``: 'multistep' (the PNDM engine), 'exponential' (exponential-integrator solvers), 'ancestral' or
-    'ode'. ``grid``: 'paper' — the paper's uniform grid, under either convention — or one of
-    ``grids.SPACINGS`` (from t = T−1 to ā = 1, standard convention, ā interpolated at float timesteps).
+    'ode' (the adaptive PF solver, see ``adaptive``). A fixed-step method runs as
+    ``engine(eps, grid, x, callback=..., noise=..., **options)``.
+    ``grid``: 'paper' — the paper's uniform grid, under either convention — or one of ``grids.SPACINGS`` (from
+    t = T−1 to ā = 1, standard convention, ā interpolated at float timesteps).
     A name ``BASE@spacing`` runs BASE on that spacing (``BASE@paper`` on the paper's grid). The default grids
     of the newer solvers are the ones that measured best for them in scripts/bench_frontier.py.
     """
@@ -29,55 +33,74 @@ class Method:
     name: str
     description: str
     kind: str
-    family: Optional[str] = None  # 'pseudo' | 'classical' for multistep methods
-    order: int = 1
-    warmup: Optional[str] = None
-    eta: Optional[float] = None  # fixed η of an ancestral method
-    solver: Optional[str] = None  # key of EXPONENTIAL_SOLVERS
-    variant: Optional[str] = None  # e.g. UniPC's 'bh1' / 'bh2'
+    engine: Callable = field(repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     grid: str = "paper"
+
+    def __post_init__(self):
+        # read-only: the registry's records are shared by every caller
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def adaptive(self) -> bool:
+        """True for the adaptive PF solver: no grid, no steps, NFE known only after solving."""
+        return self.kind == "ode"
+
+    @property
+    def eta(self) -> Optional[float]:
+        """η of the generalised DDIM step this method runs (1.0 for DDPM), None for deterministic methods."""
+        return self.options.get("eta")
 
     def nfe(self, num_steps: int) -> int:
         """Model evaluations for ``num_steps`` steps of the grid."""
-        if self.warmup in WARMUP_EXTRA_NFE:
-            return num_steps + WARMUP_EXTRA_NFE[self.warmup] * min(num_steps, self.order - 1)
+        warmup, order = self.options.get("warmup"), self.options.get("order", 1)
+        if warmup in WARMUP_EXTRA_NFE:
+            return num_steps + WARMUP_EXTRA_NFE[warmup] * min(num_steps, order - 1)
         return num_steps
 
 
+def _multistep(name, description, family, order=1, warmup=None, grid="paper"):
+    return Method(name, description, "multistep", linear_multistep,
+                  dict(family=family, order=order, warmup=warmup), grid)
+
+
+def _exponential(name, description, engine, grid, **options):
+    return Method(name, description, "exponential", engine, options, grid)
+
+
 _METHODS = (
-    Method("DDIM", "DDIM, the pseudo Euler method (eta=0; eta>0 adds DDIM's stochasticity)", "multistep", "pseudo"),
-    Method("S-PNDM", "pseudo 2-step linear multistep, pseudo improved Euler first step; NFE = steps+1",
-           "multistep", "pseudo", 2, "improved_euler"),
-    Method("F-PNDM", "pseudo 4-step linear multistep, 3 pseudo Runge-Kutta warm-up steps; NFE = steps+9",
-           "multistep", "pseudo", 4, "rk4"),
-    Method("FON", "classical 4th-order: Runge-Kutta warm-up then 4-step linear multistep on the DDIM ODE; "
-           "NFE = steps+9", "multistep", "classical", 4, "rk4"),
-    Method("iPNDM", "pseudo 4-step linear multistep with lower-order multistep warm-up (Zhang & Chen 2022); "
-           "NFE = steps", "multistep", "pseudo", 4, "lower_order", grid="quadratic"),
-    Method("DPM-Solver++(2M)", "DPM-Solver++ multistep, 2nd order, data prediction (Lu et al. 2022); NFE = steps",
-           "exponential", order=2, solver="dpmpp", grid="logsnr"),
-    Method("DPM-Solver++(3M)", "DPM-Solver++ multistep, 3rd order (exact 3rd-order weights, unlike diffusers' "
-           "3M); NFE = steps", "exponential", order=3, solver="dpmpp", grid="logsnr"),
-    Method("UniPC-2(bh1)", "UniPC, order-2 predictor + corrector, B(h) = h; NFE = steps", "exponential", order=2,
-           solver="unipc", variant="bh1", grid="quadratic"),
-    Method("UniPC-2(bh2)", "UniPC, order-2 predictor + corrector, B(h) = e^h - 1; NFE = steps", "exponential",
-           order=2, solver="unipc", variant="bh2", grid="quadratic"),
-    Method("UniPC-3(bh1)", "UniPC, order-3 predictor + corrector, B(h) = h; NFE = steps", "exponential", order=3,
-           solver="unipc", variant="bh1", grid="quadratic"),
-    Method("UniPC-3(bh2)", "UniPC, order-3 predictor + corrector, B(h) = e^h - 1; NFE = steps", "exponential",
-           order=3, solver="unipc", variant="bh2", grid="quadratic"),
-    Method("DEIS-2", "DEIS log-rho multistep, order 2 (as diffusers' DEISMultistepScheduler); NFE = steps",
-           "exponential", order=2, solver="deis", grid="karras"),
-    Method("DEIS-3", "DEIS log-rho multistep, order 3; NFE = steps", "exponential", order=3, solver="deis",
-           grid="karras"),
-    Method("VS-PNDM-3", "PNDM's pseudo linear multistep with coefficients for non-uniform steps (exact "
-           "integration of the eps polynomial in sigma/alpha; DEIS's rho-AB), order 3; NFE = steps",
-           "exponential", order=3, solver="adams", grid="quadratic"),
-    Method("VS-PNDM-4", "as VS-PNDM-3, order 4; NFE = steps", "exponential", order=4, solver="adams",
-           grid="quadratic"),
-    Method("DDPM", "DDPM ancestral sampling (DDIM with eta=1: posterior variance)", "ancestral", eta=1.0),
+    _multistep("DDIM", "DDIM, the pseudo Euler method (eta=0; eta>0 adds DDIM's stochasticity)", "pseudo"),
+    _multistep("S-PNDM", "pseudo 2-step linear multistep, pseudo improved Euler first step; NFE = steps+1",
+               "pseudo", 2, "improved_euler"),
+    _multistep("F-PNDM", "pseudo 4-step linear multistep, 3 pseudo Runge-Kutta warm-up steps; NFE = steps+9",
+               "pseudo", 4, "rk4"),
+    _multistep("FON", "classical 4th-order: Runge-Kutta warm-up then 4-step linear multistep on the DDIM ODE; "
+               "NFE = steps+9", "classical", 4, "rk4"),
+    _multistep("iPNDM", "pseudo 4-step linear multistep with lower-order multistep warm-up (Zhang & Chen 2022); "
+               "NFE = steps", "pseudo", 4, "lower_order", grid="quadratic"),
+    _exponential("DPM-Solver++(2M)", "DPM-Solver++ multistep, 2nd order, data prediction (Lu et al. 2022); "
+                 "NFE = steps", dpm_solver_pp, "logsnr", order=2),
+    _exponential("DPM-Solver++(3M)", "DPM-Solver++ multistep, 3rd order (exact 3rd-order weights, unlike "
+                 "diffusers' 3M); NFE = steps", dpm_solver_pp, "logsnr", order=3),
+    _exponential("UniPC-2(bh1)", "UniPC, order-2 predictor + corrector, B(h) = h; NFE = steps", unipc, "quadratic",
+                 order=2, variant="bh1"),
+    _exponential("UniPC-2(bh2)", "UniPC, order-2 predictor + corrector, B(h) = e^h - 1; NFE = steps", unipc,
+                 "quadratic", order=2, variant="bh2"),
+    _exponential("UniPC-3(bh1)", "UniPC, order-3 predictor + corrector, B(h) = h; NFE = steps", unipc, "quadratic",
+                 order=3, variant="bh1"),
+    _exponential("UniPC-3(bh2)", "UniPC, order-3 predictor + corrector, B(h) = e^h - 1; NFE = steps", unipc,
+                 "quadratic", order=3, variant="bh2"),
+    _exponential("DEIS-2", "DEIS log-rho multistep, order 2 (as diffusers' DEISMultistepScheduler); NFE = steps",
+                 deis, "karras", order=2),
+    _exponential("DEIS-3", "DEIS log-rho multistep, order 3; NFE = steps", deis, "karras", order=3),
+    _exponential("VS-PNDM-3", "PNDM's pseudo linear multistep with coefficients for non-uniform steps (exact "
+                 "integration of the eps polynomial in sigma/alpha; DEIS's rho-AB), order 3; NFE = steps",
+                 variable_step_adams, "quadratic", order=3),
+    _exponential("VS-PNDM-4", "as VS-PNDM-3, order 4; NFE = steps", variable_step_adams, "quadratic", order=4),
+    Method("DDPM", "DDPM ancestral sampling (DDIM with eta=1: posterior variance)", "ancestral", generalized_ddim,
+           dict(eta=1.0)),
     Method("PF", "probability-flow ODE of the VP SDE with scipy's adaptive RK45 (rtol, atol); NFE = solver's",
-           "ode"),
+           "ode", probability_flow),
 )
 METHODS = {m.name.upper(): m for m in _METHODS}
 
@@ -86,7 +109,7 @@ def available() -> list[str]:
     """Names that ``sample(method=...)`` accepts (case-insensitive): every method on its own grid, and every
     grid-based method on every spacing as ``NAME@spacing``."""
     names = [m.name for m in _METHODS]
-    return names + [f"{m.name}@{s}" for m in _METHODS if m.kind in ("multistep", "exponential", "ancestral")
+    return names + [f"{m.name}@{s}" for m in _METHODS if not m.adaptive
                     for s in ("paper",) + SPACINGS if s != m.grid]
 
 
@@ -100,7 +123,7 @@ def get_method(name: str) -> Method:
     if not spacing:
         return m
     spacing = spacing.strip().lower()
-    if m.kind == "ode":
+    if m.adaptive:
         raise ValueError(f"{m.name} is adaptive and takes no grid")
     if spacing == "paper":  # the paper's uniform grid, under either convention
         return replace(m, name=f"{m.name}@paper", grid="paper")
@@ -109,56 +132,93 @@ def get_method(name: str) -> Method:
     return replace(m, name=f"{m.name}@{spacing}", grid=spacing)
 
 
-def method_grid(m: Method, schedule: NoiseSchedule, steps: int, convention: str):
-    """(timesteps, alpha_bar) of method ``m``: the paper grid under ``convention``, or its spacing."""
-    if m.grid == "paper":
-        return uniform_grid(schedule, steps, convention), partial(schedule.alpha_bar, convention=convention)
-    if convention != "standard":
-        raise ValueError(f"{m.name} runs on its own grid under the standard convention only")
-    return spaced_grid(schedule, steps, m.grid), schedule.alpha_bar_continuous
+@dataclass(frozen=True)
+class Plan:
+    """What ``sample()`` will do with these arguments, known before any model call.
+
+    ``method``: the method that runs (DDIM with η > 0 runs the generalised DDIM engine with that η);
+    ``convention``: None for PF; ``grid``: None for PF; ``eta``: η of the generalised DDIM step (the given η for
+    DDIM, None when not given; 1.0 for DDPM; None for every other method), so ``bool(eta)`` says the run draws
+    noise; ``nfe``: model evaluations (None for PF, whose NFE is the solver's); ``t_start``: the first model
+    timestep (the grid's first point; T−1 for PF, which starts at s = 1).
+    """
+
+    method: Method
+    convention: Optional[str]
+    grid: Optional[Grid]
+    eta: Optional[float]
+    nfe: Optional[int]
+    t_start: float
 
 
-def custom_grid(m: Method, schedule: NoiseSchedule, timesteps, steps, convention: str):
-    """(timesteps, alpha_bar) for a grid the user gives: ā read as on the spaced grids (interpolated)."""
-    if m.kind == "ode":
-        raise ValueError(f"{m.name} is adaptive and takes no grid")
-    if "@" in m.name:
-        raise ValueError(f"timesteps= replaces the grid: give {m.name.split('@')[0]!r}, not {m.name!r}")
-    if steps is not None:
-        raise ValueError("give steps or timesteps, not both")
-    if convention != "standard":
-        raise ValueError("timesteps= runs under the standard convention only")
-    return check_timesteps(timesteps, schedule.T), schedule.alpha_bar_continuous
+def _resolve(method: str, convention: str, schedule: NoiseSchedule) -> tuple[Method, str]:
+    m = get_method(method)
+    convention = check_convention(convention)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a samplers.NoiseSchedule, got {type(schedule).__name__}")
+    return m, convention
 
 
-def run_grid(m: Method, schedule: NoiseSchedule, steps, timesteps, convention: str):
-    """(timesteps, alpha_bar) a fixed-step run of ``m`` uses: the user's ``timesteps``, or its grid of ``steps``."""
+def _build_grid(m: Method, schedule: NoiseSchedule, steps, timesteps, convention: str) -> Grid:
+    """The grid a fixed-step run of ``m`` uses: the user's ``timesteps``, or its own grid of ``steps``."""
     if timesteps is not None:
-        return custom_grid(m, schedule, timesteps, steps, convention)
+        if "@" in m.name:
+            raise ValueError(f"timesteps= replaces the grid: give {m.name.split('@')[0]!r}, not {m.name!r}")
+        if steps is not None:
+            raise ValueError("give steps or timesteps, not both")
+        if convention != "standard":
+            raise ValueError("timesteps= runs under the standard convention only")
+        return make_custom_grid(schedule, timesteps)
     if steps is None:
         raise ValueError(f"{m.name} needs steps (or timesteps)")
-    return method_grid(m, schedule, steps, convention)
+    if m.grid == "paper":
+        return make_paper_grid(schedule, steps, convention)
+    if convention != "standard":
+        raise ValueError(f"{m.name} runs on its own grid under the standard convention only")
+    return make_spaced_grid(schedule, steps, m.grid)
+
+
+def _plan(m: Method, convention: str, schedule: NoiseSchedule, steps, timesteps, eta) -> Plan:
+    if eta is not None and m.name.split("@")[0] != "DDIM":
+        raise ValueError(f"eta applies to DDIM only, not {m.name}")
+    if eta is not None and not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if m.adaptive:
+        if steps is not None or timesteps is not None:
+            raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
+        return Plan(m, None, None, None, None, float(schedule.T - 1))  # the flow starts at s = 1
+    grid = _build_grid(m, schedule, steps, timesteps, convention)
+    if eta:  # η = 0 is the DDIM step itself; η > 0 is the generalised (stochastic) step
+        m = replace(m, kind="ancestral", engine=generalized_ddim, options=dict(eta=eta))
+    return Plan(m, convention, grid, m.options.get("eta", eta), m.nfe(grid.steps), grid.timesteps[0])
+
+
+def plan(method: str, schedule: NoiseSchedule, steps: Optional[int] = None, convention: str = "standard", *,
+         timesteps: Optional[Sequence[float]] = None, eta: Optional[float] = None) -> Plan:
+    """Validate ``sample()``'s arguments of the same names, with its error messages, and return the ``Plan``:
+    the method that runs, its grid, η, NFE and first model timestep. Calls no model."""
+    return _plan(*_resolve(method, convention, schedule), schedule, steps, timesteps, eta)
 
 
 def expected_nfe(method: str, steps: Optional[int], schedule: NoiseSchedule, convention: str = "standard",
                  timesteps: Optional[Sequence[float]] = None) -> int:
     """The NFE ``sample`` will spend, without running it (not defined for the adaptive PF solver)."""
-    m = get_method(method)
-    if m.kind == "ode":
+    if get_method(method).adaptive:
         raise ValueError("PF is adaptive: its NFE is known only after solving")
-    return m.nfe(len(run_grid(m, schedule, steps, timesteps, convention)[0]) - 1)
+    return plan(method, schedule, steps, convention, timesteps=timesteps).nfe
 
 
 @dataclass
 class SampleInfo:
-    """What a sampling run did: ``nfe`` model evaluations at ``model_timesteps`` (in call order), over the
-    grid ``timesteps`` (None for PF)."""
+    """What a sampling run did: ``nfe`` model evaluations at ``model_timesteps`` (in call order), starting at
+    model timestep ``t_start``, over the grid ``timesteps`` (None for PF). Filled for every method."""
 
     method: str
     convention: Optional[str]
     nfe: int = 0
     model_timesteps: list = field(default_factory=list)
     timesteps: Optional[list] = None
+    t_start: Optional[float] = None
 
 
 class _CountingModel:
@@ -230,49 +290,32 @@ def sample(
     ``callback`` receives a dict {step, t, t_next, x, nfe} after every step (for PF: after every model call,
     with t the model timestep).
     """
-    m = get_method(method)
-    convention = check_convention(convention)
-    if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a samplers.NoiseSchedule, got {type(schedule).__name__}")
+    m, convention = _resolve(method, convention, schedule)
+    # x_T is checked between the schedule and the rest of plan()'s checks, as it always was
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
         raise ValueError("x_T must be a floating-point tensor with a batch dimension")
-    if eta is not None and m.name.split("@")[0] != "DDIM":
-        raise ValueError(f"eta applies to DDIM only, not {m.name}")
-    if eta is not None and not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    p = _plan(m, convention, schedule, steps, timesteps, eta)
+    grid = p.grid
+    info = SampleInfo(p.method.name, p.convention, timesteps=None if grid is None else list(grid.timesteps),
+                      t_start=p.t_start)
 
     with torch.no_grad():
-        if m.kind == "ode":
-            if steps is not None or timesteps is not None:
-                raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
-            info = SampleInfo(m.name, None)
+        if p.method.adaptive:
             eps = _CountingModel(model, info, None)
             user_cb = None
             if callback is not None:
                 user_cb = lambda s, x: callback({"step": info.nfe - 1, "t": s * (schedule.T - 1),
                                                  "t_next": None, "x": x, "nfe": info.nfe})
-            x0 = probability_flow(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb)
+            x0 = p.method.engine(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb)
         else:
-            grid, alpha_bar = run_grid(m, schedule, steps, timesteps, convention)
-            info = SampleInfo(m.name, convention, timesteps=grid)
-            eps = _CountingModel(model, info, len(grid) - 1)
+            eps = _CountingModel(model, info, grid.steps)
 
             def on_step(i, t, t_next, x):
                 eps.steps_done = i + 1
                 if callback is not None:
                     callback({"step": i, "t": t, "t_next": t_next, "x": x, "nfe": info.nfe})
 
-            ancestral_eta = m.eta if m.kind == "ancestral" else eta
-            if m.kind == "exponential":
-                from .exponential import EXPONENTIAL_SOLVERS
-
-                solve = EXPONENTIAL_SOLVERS[m.solver]
-                extra = {"variant": m.variant} if m.variant else {}
-                x0 = solve(eps, alpha_bar, x_T, grid, m.order, callback=on_step, **extra)
-            elif ancestral_eta:
-                x0 = generalized_ddim(eps, alpha_bar, x_T, grid, ancestral_eta, _noise_source(generator, x_T),
-                                      on_step)
-            else:
-                make_family = pseudo_family if m.family == "pseudo" else classical_family
-                x0 = linear_multistep(make_family(eps, alpha_bar), x_T, grid, m.order, m.warmup, on_step)
+            # the noise source only exists for runs that draw noise (a bad generator list is no error otherwise)
+            noise = _noise_source(generator, x_T) if p.eta else None
+            x0 = p.method.engine(eps, grid, x_T, callback=on_step, noise=noise, **p.method.options)
     return (x0, info) if return_info else x0

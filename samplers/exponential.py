@@ -29,7 +29,9 @@ moderate (|w| < 3 for the densest possible end t = 2, 1, 0).
 ``variable_step_adams`` works in ρ, where σ = 0 is an ordinary point: its final step is its normal formula.
 
 Coefficients are Python floats (float64) applied to the tensors with mul/add_, so the samplers make no device or
-dtype assumptions; history lives in local lists and nothing survives a call.
+dtype assumptions; history lives in local lists and nothing survives a call. Every solver has the engine signature
+``f(eps, grid, x, *, callback=None, noise=None, order[, variant])`` (``noise`` is unused: all are deterministic)
+and reads ā at the grid's points from ``grid.alpha_bars``.
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from torch import Tensor
 
-from .grids import as_int
-from .multistep import AlphaBarFn, EpsFn, StepCallback
+from .grids import Grid, as_int
+from .multistep import EpsFn, NoiseFn, StepCallback
 from .transfer import transfer_coefficients
 
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -59,12 +61,13 @@ class _Level:
     rho: float  # σ/α, 0 at ā = 1
 
 
-def _levels(alpha_bar: AlphaBarFn, timesteps: Sequence[float]) -> List[_Level]:
+def _levels(grid: Grid) -> List[_Level]:
+    """The noise levels of the grid's points (ā from ``grid.alpha_bars``: every stage here is a grid point)."""
+    timesteps = grid.timesteps
     if len(timesteps) < 2:
         raise ValueError("timesteps needs at least two entries (the last one is the target of the final step)")
     levels = []
-    for i, t in enumerate(timesteps):
-        ab = float(alpha_bar(float(t)))
+    for i, (t, ab) in enumerate(zip(timesteps, grid.alpha_bars)):
         last = i == len(timesteps) - 1
         if not (0.0 < ab < 1.0 or (last and ab == 1.0)):
             raise ValueError(f"alpha_bar({t}) = {ab} must lie in (0, 1) (only the final target may be 1)")
@@ -160,8 +163,8 @@ def _exp_update(x: Tensor, s: _Level, t: _Level, history, moments) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # 1. DPM-Solver++
 
-def dpm_solver_pp(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float], order: int,
-                  callback: Optional[StepCallback] = None) -> Tensor:
+def dpm_solver_pp(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback] = None,
+                  noise: Optional[NoiseFn] = None, order: int) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022) of ``order`` 1, 2 or 3; one model evaluation per step.
 
     With m_0, m_1, m_2 the data predictions at λ_s, λ_s − h_0, λ_s − h_0 − h_1, r_0 = h_0/h, r_1 = h_1/h:
@@ -180,15 +183,18 @@ def dpm_solver_pp(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Seque
     Warm-up: the first step is first order, the second at most 2M. The final step to ā = 1 is described in the
     module docstring.
     """
-    return _dpm_solver_pp(eps, alpha_bar, x, timesteps, order, callback)
+    return _dpm_solver_pp(eps, grid, x, callback=callback, order=order)
 
 
-def _dpm_solver_pp(eps, alpha_bar, x, timesteps, order, callback=None, official_3m: bool = False) -> Tensor:
+def _dpm_solver_pp(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback] = None,
+                   noise: Optional[NoiseFn] = None, order: int, official_3m: bool = False) -> Tensor:
+    """``dpm_solver_pp``; ``official_3m`` weights D_2 by g_2/2 as the released code and diffusers do."""
     order = _check_order(order, 3)
-    levels = _levels(alpha_bar, timesteps)
+    levels = _levels(grid)
+    timesteps = grid.timesteps
     history: List[Tuple[_Level, Tensor]] = []  # (level, data prediction), newest first
     for i, (s, t) in enumerate(zip(levels[:-1], levels[1:])):
-        history.insert(0, (s, _data_prediction(x, eps(x, float(timesteps[i])), s)))
+        history.insert(0, (s, _data_prediction(x, eps(x, timesteps[i]), s)))
         del history[order:]
         k = len(history)
         if t.sigma == 0.0:
@@ -237,8 +243,8 @@ def _unipc_update(x: Tensor, s: _Level, t: _Level, m0: Tensor, others: Sequence[
     return _combine(x, t.sigma / s.sigma, [(t.alpha * c0, m0)] + terms)
 
 
-def unipc(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float], order: int, variant: str,
-          callback: Optional[StepCallback] = None) -> Tensor:
+def unipc(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback] = None,
+          noise: Optional[NoiseFn] = None, order: int, variant: str) -> Tensor:
     """UniPC (Zhao et al. 2023) with data prediction, ``order`` 1, 2 or 3, ``variant`` 'bh1' or 'bh2'.
 
     B(h) = h ('bh1') or e^h − 1 ('bh2'); in the data-prediction form (h → −h, sign absorbed) h and 1 − e^(−h).
@@ -263,11 +269,12 @@ def unipc(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[floa
     order = _check_order(order, 3)
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown UniPC variant {variant!r}; choose one of {', '.join(UNIPC_VARIANTS)}")
-    levels = _levels(alpha_bar, timesteps)
+    levels = _levels(grid)
+    timesteps = grid.timesteps
     history: List[Tuple[_Level, Tensor]] = []  # (level, data prediction at the predicted point), newest first
     previous = None  # (start point x_{i-1}^c, its level, order of the predictor that left it)
     for i, (s, t) in enumerate(zip(levels[:-1], levels[1:])):
-        m = _data_prediction(x, eps(x, float(timesteps[i])), s)
+        m = _data_prediction(x, eps(x, timesteps[i]), s)
         m_final = m
         if previous is not None:
             x_start, s_start, p = previous
@@ -294,8 +301,8 @@ def unipc(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[floa
 # ----------------------------------------------------------------------------------------------------------------
 # 3. DEIS
 
-def deis(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float], order: int,
-         callback: Optional[StepCallback] = None) -> Tensor:
+def deis(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback] = None,
+         noise: Optional[NoiseFn] = None, order: int) -> Tensor:
     """DEIS (Zhang & Chen 2022) as diffusers' DEISMultistepScheduler implements it ('logrho'), ``order`` 1-3.
 
     In DDIM's variables x̄ = x/α, ρ = σ/α the flow is dx̄/dρ = ε. This variant fits the Lagrange polynomial of ε
@@ -310,10 +317,11 @@ def deis(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float
     extrapolation of the module docstring.
     """
     order = _check_order(order, 3)
-    levels = _levels(alpha_bar, timesteps)
+    levels = _levels(grid)
+    timesteps = grid.timesteps
     history: List[Tuple[_Level, Tensor, Tensor]] = []  # (level, ε, x), newest first
     for i, (s, t) in enumerate(zip(levels[:-1], levels[1:])):
-        history.insert(0, (s, eps(x, float(timesteps[i])), x))
+        history.insert(0, (s, eps(x, timesteps[i]), x))
         del history[order:]
         k = len(history)
         if t.sigma == 0.0:
@@ -330,8 +338,8 @@ def deis(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float
 # ----------------------------------------------------------------------------------------------------------------
 # 4. variable-step pseudo Adams (DEIS's ρAB)
 
-def variable_step_adams(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps: Sequence[float], order: int,
-                        callback: Optional[StepCallback] = None) -> Tensor:
+def variable_step_adams(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback] = None,
+                        noise: Optional[NoiseFn] = None, order: int) -> Tensor:
     """PNDM's pseudo linear multistep on any grid: Adams-Bashforth in DDIM's variables, ``order`` 1-4.
 
     With x̄ = x/α and ρ = σ/α the exact flow is dx̄/dρ = ε. Each step fits the Lagrange polynomial through the last
@@ -347,10 +355,11 @@ def variable_step_adams(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps:
     step uses the same formula.
     """
     order = _check_order(order, 4)
-    levels = _levels(alpha_bar, timesteps)
+    levels = _levels(grid)
+    timesteps = grid.timesteps
     history: List[Tuple[_Level, Tensor]] = []  # (level, ε), newest first
     for i, (s, t) in enumerate(zip(levels[:-1], levels[1:])):
-        history.insert(0, (s, eps(x, float(timesteps[i]))))
+        history.insert(0, (s, eps(x, timesteps[i])))
         del history[order:]
         k = len(history)
         delta = t.rho - s.rho
@@ -361,6 +370,3 @@ def variable_step_adams(eps: EpsFn, alpha_bar: AlphaBarFn, x: Tensor, timesteps:
             callback(i, timesteps[i], timesteps[i + 1], x)
     return x
 
-
-# solver key of an api.Method → function(eps, alpha_bar, x, timesteps, order, callback=None[, variant])
-EXPONENTIAL_SOLVERS = {"dpmpp": dpm_solver_pp, "unipc": unipc, "deis": deis, "adams": variable_step_adams}

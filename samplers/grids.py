@@ -1,15 +1,50 @@
-"""Time grids: which model timesteps a sampler visits.
+"""Time grids: which model timesteps a sampler visits, and the noise level ā it assigns to each.
 
-A grid is a descending list of timesteps; its last entry is the target of the final step, −1 ("data": alpha_bar
-= 1 under the standard convention, alphas_cumprod[0] under the official one).
+A list of timesteps is descending; its last entry is the target of the final step, −1 ("data": ā = 1 under the
+standard convention, alphas_cumprod[0] under the official one). A ``Grid`` is that list together with ā at its
+points and the rule for ā between them; the builders ``make_paper_grid``, ``make_spaced_grid`` and
+``make_custom_grid`` are the only places that pair a list of timesteps with its ā rule.
 """
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .schedule import NoiseSchedule, check_convention
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a fixed-step engine runs on.
+
+    ``timesteps``: descending model timesteps, the last one the target of the final step;
+    ``alpha_bars``: ā at each of them, as the grid's convention assigns it;
+    ``alpha_bar``: the rule for ā at stage points off the grid (Runge-Kutta midpoints, FON's t − 1) — the table
+    at floor(t) on the paper grid (as the released code reads it), linear interpolation on spaced and custom grids.
+    """
+
+    timesteps: tuple[float, ...]
+    alpha_bars: tuple[float, ...]
+    alpha_bar: Callable[[float], float]
+
+    def __post_init__(self):
+        if len(self.timesteps) != len(self.alpha_bars):
+            raise ValueError(f"a grid needs one alpha_bar per timestep, got {len(self.alpha_bars)} for "
+                             f"{len(self.timesteps)}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps) - 1
+
+
+def make_grid(timesteps: Sequence[float], alpha_bar: Callable[[float], float]) -> Grid:
+    """The grid over ``timesteps`` whose ā, on and off the grid, is ``alpha_bar``."""
+    ts = tuple(float(t) for t in timesteps)
+    return Grid(ts, tuple(float(alpha_bar(t)) for t in ts), alpha_bar)
 
 
 def as_int(name: str, value) -> int:
@@ -64,8 +99,9 @@ def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 
 
     The spacing places steps + 1 points from T−1 to 0; the last one (t = 0, where ε barely matters) is replaced by
     the jump to ā = 1, so no evaluation is spent at the end of the trajectory — measured on the analytic model,
-    this is more accurate for every solver tried, most at 5–10 steps. The timesteps are floats; samplers on these grids read ā by linear interpolation of the table
-    (``NoiseSchedule.alpha_bar_continuous``), the same continuous extension the model sees.
+    this is more accurate for every solver tried, most at 5–10 steps. The timesteps are floats; samplers on these
+    grids read ā by linear interpolation of the table (``NoiseSchedule.alpha_bar_lerp``), the same continuous
+    extension the model sees.
 
     * ``uniform``: equal steps in t;  ``quadratic``: t ∝ (1 − i/N)², dense near the data (DDIM's "quad");
       ``power1.5``: t ∝ (1 − i/N)^1.5, between the two — on the analytic mixtures the most accurate grid for
@@ -95,7 +131,7 @@ def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 
         else:
             s_hi, s_lo = np.exp(hi) ** (1 / rho), np.exp(lo) ** (1 / rho)
             target = np.log((s_hi + u * (s_lo - s_hi)) ** rho)
-        # invert the linear interpolation of ā exactly, so that alpha_bar_continuous(t) hits the target level
+        # invert the linear interpolation of ā exactly, so that alpha_bar_lerp(t) hits the target level
         ab_target = 1.0 / (1.0 + np.exp(2.0 * target))
         ts = np.interp(ab_target, ab[::-1], np.arange(T, dtype=np.float64)[::-1])
     ts[0] = T - 1  # exact despite rounding in the maps above
@@ -123,3 +159,18 @@ def check_timesteps(timesteps, T: int) -> list[float]:
     if ts[-2] < 0 or ts[-1] < -1:
         raise ValueError("model timesteps must be >= 0 and the final target >= -1 (−1 is ā = 1)")
     return ts
+
+
+def make_paper_grid(schedule: NoiseSchedule, steps: int, convention: str = "standard") -> Grid:
+    """The paper's uniform grid (``uniform_grid``) with ā read from the table at floor(t) under ``convention``."""
+    return make_grid(uniform_grid(schedule, steps, convention), partial(schedule.alpha_bar, convention=convention))
+
+
+def make_spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str) -> Grid:
+    """``spaced_grid`` with ā linearly interpolated (standard convention: the last step lands on ā = 1)."""
+    return make_grid(spaced_grid(schedule, steps, spacing), schedule.alpha_bar_lerp)
+
+
+def make_custom_grid(schedule: NoiseSchedule, timesteps: Sequence[float]) -> Grid:
+    """A user's own timesteps (checked by ``check_timesteps``), ā read as on the spaced grids (interpolated)."""
+    return make_grid(check_timesteps(timesteps, schedule.T), schedule.alpha_bar_lerp)

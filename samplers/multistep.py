@@ -11,6 +11,10 @@ All four are linear multistep methods with a Runge-Kutta-type warm-up; they diff
 * the *warm-up* used while fewer than ``order − 1`` past directions exist: improved Euler (S-PNDM) or the
   classical Runge-Kutta scheme (F-PNDM, FON). Only the first direction of a warm-up step enters the history.
 
+Every engine here and in stochastic.py / exponential.py has one signature,
+``engine(eps, grid, x, *, callback=None, noise=None, **options)``: ā at the grid's points comes from
+``grid.alpha_bars``, ā at stage points between them from ``grid.alpha_bar``.
+
 The history lives in a local deque: nothing survives between calls.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
+from .grids import Grid
 from .transfer import transfer, transfer_delta
 
 # Adams-Bashforth weights, newest direction first.
@@ -34,29 +39,44 @@ ADAMS_BASHFORTH = {
 EpsFn = Callable[[Tensor, float], Tensor]
 AlphaBarFn = Callable[[float], float]
 StepCallback = Callable[[int, float, float, Tensor], None]
+NoiseFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Point:
+    """A stage point's model timestep t and its noise level ā (read once, from the grid where t is on it)."""
+
+    t: float
+    ab: float
 
 
 @dataclass(frozen=True)
 class Family:
-    """direction(y, s, x, t) -> d at stage point (y, s) of the step that starts at (x, t);
-    advance(x, d, t, t_next) -> the point reached from (x, t) along d."""
+    """direction(y, s, x, p) -> d at stage point (y, s) of the step that starts at (x, p);
+    advance(x, d, p, q) -> the point reached from (x, p) along d, at q (p, q, s: ``Point``)."""
 
-    direction: Callable[[Tensor, float, Tensor, float], Tensor]
-    advance: Callable[[Tensor, Tensor, float, float], Tensor]
+    direction: Callable[[Tensor, Point, Tensor, Point], Tensor]
+    advance: Callable[[Tensor, Tensor, Point, Point], Tensor]
 
 
 def pseudo_family(eps: EpsFn, alpha_bar: AlphaBarFn) -> Family:
+    """d = ε(y, s); advance = the transfer φ of eq. 11 (PNDM paper, section 3)."""
     return Family(
-        direction=lambda y, s, x, t: eps(y, s),
-        advance=lambda x, d, t, t_next: transfer(x, d, alpha_bar(t), alpha_bar(t_next)),
+        direction=lambda y, s, x, p: eps(y, s.t),
+        advance=lambda x, d, p, q: transfer(x, d, p.ab, q.ab),
     )
 
 
 def classical_family(eps: EpsFn, alpha_bar: AlphaBarFn) -> Family:
+    """d = φ(x, ε(y, s), t, t−1) − x, one unit of t of the DDIM ODE (section 4.1); advance = x + (t − t')·d.
+    ā at t − 1 is off the grid, so it comes from the grid's rule ``alpha_bar``."""
     return Family(
-        direction=lambda y, s, x, t: transfer_delta(x, eps(y, s), alpha_bar(t), alpha_bar(t - 1)),
-        advance=lambda x, d, t, t_next: x.add(d, alpha=t - t_next),
+        direction=lambda y, s, x, p: transfer_delta(x, eps(y, s.t), p.ab, alpha_bar(p.t - 1)),
+        advance=lambda x, d, p, q: x.add(d, alpha=p.t - q.t),
     )
+
+
+FAMILIES = {"pseudo": pseudo_family, "classical": classical_family}
 
 
 def combine(weights: Sequence[float], directions: Sequence[Tensor]) -> Tensor:
@@ -67,20 +87,22 @@ def combine(weights: Sequence[float], directions: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def improved_euler(f: Family, x: Tensor, t: float, t_next: float) -> tuple[Tensor, Tensor]:
+def improved_euler(f: Family, x: Tensor, p: Point, q: Point, alpha_bar: AlphaBarFn) -> tuple[Tensor, Tensor]:
     """Pseudo improved Euler (S-PNDM's first step): returns (first direction, averaged direction)."""
-    d1 = f.direction(x, t, x, t)
-    d2 = f.direction(f.advance(x, d1, t, t_next), t_next, x, t)
+    d1 = f.direction(x, p, x, p)
+    d2 = f.direction(f.advance(x, d1, p, q), q, x, p)
     return d1, (d1 + d2) / 2
 
 
-def runge_kutta4(f: Family, x: Tensor, t: float, t_next: float) -> tuple[Tensor, Tensor]:
-    """Classical fourth-order Runge-Kutta with stage points built by ``f.advance`` (pseudo RK in the paper)."""
-    t_mid = (t + t_next) / 2
-    d1 = f.direction(x, t, x, t)
-    d2 = f.direction(f.advance(x, d1, t, t_mid), t_mid, x, t)
-    d3 = f.direction(f.advance(x, d2, t, t_mid), t_mid, x, t)
-    d4 = f.direction(f.advance(x, d3, t, t_next), t_next, x, t)
+def runge_kutta4(f: Family, x: Tensor, p: Point, q: Point, alpha_bar: AlphaBarFn) -> tuple[Tensor, Tensor]:
+    """Classical fourth-order Runge-Kutta with stage points built by ``f.advance`` (the paper's pseudo Runge-Kutta,
+    section 3); the midpoint (t + t')/2 is off the grid, so its ā comes from ``alpha_bar``."""
+    t_mid = (p.t + q.t) / 2
+    mid = Point(t_mid, alpha_bar(t_mid))
+    d1 = f.direction(x, p, x, p)
+    d2 = f.direction(f.advance(x, d1, p, mid), mid, x, p)
+    d3 = f.direction(f.advance(x, d2, p, mid), mid, x, p)
+    d4 = f.direction(f.advance(x, d3, p, q), q, x, p)
     return d1, combine((1 / 6, 2 / 6, 2 / 6, 1 / 6), (d1, d2, d3, d4))
 
 
@@ -90,28 +112,34 @@ WARMUP_EXTRA_NFE = {"improved_euler": 1, "rk4": 3}
 
 
 def linear_multistep(
-    f: Family,
+    eps: EpsFn,
+    grid: Grid,
     x: Tensor,
-    timesteps: Sequence[float],
-    order: int,
-    warmup: Optional[str],
+    *,
     callback: Optional[StepCallback] = None,
+    noise: Optional[NoiseFn] = None,
+    family: str = "pseudo",
+    order: int = 1,
+    warmup: Optional[str] = None,
 ) -> Tensor:
-    """Integrate over ``timesteps`` (descending, the last entry is the target) and return the final x.
+    """Integrate over ``grid`` from x and return the final x (``noise`` is unused: the methods are deterministic).
 
-    ``warmup`` is a key of WARMUPS, or ``"lower_order"`` to start with lower-order Adams-Bashforth steps
-    (no extra model evaluations), or None when ``order`` is 1.
+    ``family``: 'pseudo' or 'classical' (``FAMILIES``); ``order``: of the Adams-Bashforth combination (the paper's
+    pseudo linear multistep, section 3); ``warmup``: a key of WARMUPS, or ``"lower_order"`` to start with
+    lower-order Adams-Bashforth steps (no extra model evaluations), or None when ``order`` is 1.
     """
+    f = FAMILIES[family](eps, grid.alpha_bar)
+    points = [Point(t, ab) for t, ab in zip(grid.timesteps, grid.alpha_bars)]
     history: deque[Tensor] = deque(maxlen=order)  # newest at the left
-    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+    for i, (p, q) in enumerate(zip(points[:-1], points[1:])):
         if len(history) + 1 >= order or warmup == "lower_order":
-            d = f.direction(x, t, x, t)
+            d = f.direction(x, p, x, p)
             history.appendleft(d)
             direction = combine(ADAMS_BASHFORTH[len(history)], list(history))
         else:
-            d, direction = WARMUPS[warmup](f, x, t, t_next)
+            d, direction = WARMUPS[warmup](f, x, p, q, grid.alpha_bar)
             history.appendleft(d)
-        x = f.advance(x, direction, t, t_next)
+        x = f.advance(x, direction, p, q)
         if callback is not None:
-            callback(i, t, t_next, x)
+            callback(i, p.t, q.t, x)
     return x

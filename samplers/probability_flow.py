@@ -1,8 +1,9 @@
 """PF: the probability-flow ODE of the continuous VP SDE, solved by scipy's adaptive Runge-Kutta (the paper's
 classical high-order baseline, Song et al. 2021).
 
-With s in [t_end, 1], alpha_bar(s) from the schedule's continuous extension, β(s) = −d log ā/ds and
-std(s) = sqrt(1 − ā(s)):
+On the VP time axis s ∈ [t_end, 1] (model timestep s·(T−1)), with ā(s) = exp(``schedule.vp_log_alpha_bar(s)``),
+β(s) = ``schedule.vp_beta(s)`` = −d log ā/ds and std(s) = sqrt(1 − ā(s)) (Song et al. 2021, eq. 13 with
+the VP SDE's drift and diffusion):
 
     dx/ds = −β(s)/2 · x + β(s)/2 · ε(x, s·(T−1)) / std(s)
 
@@ -12,7 +13,7 @@ released code), so the solver's step-size control, and hence the NFE, match the 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,23 +31,24 @@ def probability_flow(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     t_end: float = 1e-3,
-    solver: str = "RK45",
-    callback: Optional[callable] = None,
+    callback: Optional[Callable[[float, Tensor], None]] = None,
 ) -> Tensor:
+    """x_0 of the flow from s = 1 to ``t_end`` by RK45 with ``rtol``/``atol``; ``callback(s, x)`` after every
+    model call. The NFE is the solver's: count the calls of ``eps``."""
     shape, dtype, device = x.shape, x.dtype, x.device
     scale = schedule.T - 1
 
     def drift(s: float, y: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(y.reshape(shape)).to(device=device, dtype=dtype)
-        beta = schedule.beta_continuous(s)
-        std = math.sqrt(-math.expm1(schedule.log_alpha_bar_continuous(s)))
+        beta = schedule.vp_beta(s)
+        std = math.sqrt(-math.expm1(schedule.vp_log_alpha_bar(s)))
         d = xs * (-0.5 * beta) + eps(xs, s * scale) * (0.5 * beta / std)
         if callback is not None:
             callback(s, xs)
         return d.detach().to("cpu", torch.float64).numpy().reshape(-1)
 
     y0 = x.detach().to("cpu", torch.float64).numpy().reshape(-1)
-    sol = solve_ivp(drift, (1.0, t_end), y0, method=solver, rtol=rtol, atol=atol)
+    sol = solve_ivp(drift, (1.0, t_end), y0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"PF: the ODE solver failed: {sol.message}")
     return torch.from_numpy(sol.y[:, -1].reshape(shape)).to(device=device, dtype=dtype)

@@ -10,6 +10,13 @@ Two conventions for reading the discrete table ``alphas_cumprod`` (index 0..T-1)
 
 Fractional timesteps (Runge-Kutta midpoints) are floored for the table index in both conventions, exactly like
 the released code, while the model itself receives the float timestep.
+
+Two time axes, and the accessors named after them:
+
+* model timestep t ∈ [−1, T−1]: ``alpha_bar(t, convention)`` (table at floor(t): the paper's grids),
+  ``alpha_bar_lerp(t)`` (linear interpolation, continued to ā = 1 at t = −1: spaced and custom grids) and
+  ``alpha_bar_lerp_clamped(t)`` (array-valued interpolation clamped to [0, T−1]: the analytic models);
+* VP time s ∈ [0, 1] of the continuous process (probability-flow ODE): ``vp_log_alpha_bar(s)``, ``vp_beta(s)``.
 """
 from __future__ import annotations
 
@@ -103,9 +110,12 @@ class NoiseSchedule:
         return self.num_timesteps
 
     # ----------------------------------------------------------------------------------------------------------
-    # discrete time, as the samplers see it
+    # the model-timestep axis t in [-1, T-1], as the samplers and the models see it
     def alpha_bar(self, t: float, convention: str = "standard") -> float:
-        """alpha_bar at model timestep ``t`` (a float in [-1, T-1]) under ``convention``; floors fractional t."""
+        """ā at model timestep ``t`` ∈ [−1, T−1] under ``convention``: the table at floor(t) (the paper's grids).
+
+        Fractional t (Runge-Kutta midpoints) is floored for the table index, as in the released code.
+        """
         convention = check_convention(convention)
         i = math.floor(t)
         if convention == "official":
@@ -116,34 +126,35 @@ class NoiseSchedule:
             raise ValueError(f"timestep {t} is outside the {convention} table of a {self.T}-step schedule")
         return float(self.alphas_cumprod[i])
 
-    def alpha_bar_continuous(self, t: float) -> float:
-        """ā at a float timestep for the non-uniform grids: the table linearly interpolated on [0, T−1],
-        continued linearly to ā = 1 at t = −1 (where every grid ends)."""
+    def alpha_bar_lerp(self, t: float) -> float:
+        """ā at model timestep ``t`` ∈ [−1, T−1] for the spaced and custom grids: the table linearly interpolated
+        on [0, T−1] (``alpha_bar_lerp_clamped``), continued linearly to ā = 1 at t = −1 (where every grid ends)."""
         if t <= -1:
             return 1.0
         if t < 0:
             return float(1.0 + (t + 1) * (float(self.alphas_cumprod[0]) - 1.0))
         if t > self.T - 1:
             raise ValueError(f"timestep {t} is beyond the {self.T}-step schedule")
-        return float(self.alpha_bar_interp(t))
+        return float(self.alpha_bar_lerp_clamped(t))
 
-    def alpha_bar_interp(self, t):
-        """alpha_bar linearly interpolated between table entries at float timesteps (clamped to [0, T-1]).
+    def alpha_bar_lerp_clamped(self, t):
+        """ā at model timesteps ``t`` (scalar or array) linearly interpolated between table entries, t clamped
+        to [0, T−1]; float64 (an array for array input).
 
-        This is the continuous extension the analytic reference model uses, so that a model evaluated at a
-        Runge-Kutta midpoint sees a noise level between its neighbours.
+        This is the continuous extension the analytic models use (models/analytic.py), so that a model evaluated
+        at a Runge-Kutta midpoint sees a noise level between its neighbours.
         """
         t = np.clip(np.asarray(t, dtype=np.float64), 0, self.T - 1)
         return np.interp(t, np.arange(self.T, dtype=np.float64), self.alphas_cumprod.astype(np.float64))
 
     # ----------------------------------------------------------------------------------------------------------
-    # continuous time s in [0, 1], for the probability-flow ODE
-    def _continuous_betas(self):
+    # the VP time axis s in [0, 1] of the continuous process, for the probability-flow ODE (model timestep s·(T−1))
+    def _vp_beta_ends(self):
         b0, b1 = float(self.betas[0]), float(self.betas[-1])
         return b0, b1
 
-    def log_alpha_bar_continuous(self, s: float) -> float:
-        """log alpha_bar(s) of the continuous-time VP process matching this schedule, s in [0, 1].
+    def vp_log_alpha_bar(self, s: float) -> float:
+        """log ā(s) of the continuous-time VP process matching this schedule, at VP time ``s`` ∈ [0, 1].
 
         For ``linear`` this is the VP SDE of Song et al. with beta(s) = (beta_0 + s(beta_1 - beta_0))·T, as the
         released PF solver uses; ``quad`` integrates beta(s) = (sqrt(beta_0) + s(sqrt(beta_1) - sqrt(beta_0)))²·T;
@@ -151,24 +162,24 @@ class NoiseSchedule:
         """
         T = self.T
         if self.kind == "linear":
-            b0, b1 = self._continuous_betas()
+            b0, b1 = self._vp_beta_ends()
             # -integral_0^s beta = -(beta_0 s + (beta_1 - beta_0) s^2 / 2) T  (twice the released log_mean_coeff)
             return -(b0 * s + 0.5 * (b1 - b0) * s * s) * T
         if self.kind == "quad":
-            r0, r1 = (float(v) ** 0.5 for v in self._continuous_betas())
+            r0, r1 = (float(v) ** 0.5 for v in self._vp_beta_ends())
             d = r1 - r0
             # integral_0^s (r0 + u d)^2 du = r0^2 s + r0 d s^2 + d^2 s^3 / 3
             return -T * (r0 * r0 * s + r0 * d * s * s + d * d * s**3 / 3)
         return float(np.log(_cosine_f(s) / _cosine_f(0.0)))
 
-    def beta_continuous(self, s: float) -> float:
-        """beta(s) = -d log alpha_bar / ds of the continuous process."""
+    def vp_beta(self, s: float) -> float:
+        """beta(s) = −d log ā / ds of the continuous VP process, at VP time ``s`` ∈ [0, 1]."""
         T = self.T
         if self.kind == "linear":
-            b0, b1 = self._continuous_betas()
+            b0, b1 = self._vp_beta_ends()
             return (b0 + s * (b1 - b0)) * T
         if self.kind == "quad":
-            r0, r1 = (float(v) ** 0.5 for v in self._continuous_betas())
+            r0, r1 = (float(v) ** 0.5 for v in self._vp_beta_ends())
             return (r0 + s * (r1 - r0)) ** 2 * T
         # d/ds log cos^2(u) = -2 tan(u) du/ds with u = (s + 0.008)/1.008 · pi/2
         u = (s + 0.008) / 1.008 * math.pi / 2

@@ -13,31 +13,36 @@ and no noise is added to the final sample.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from torch import Tensor
 
-from .multistep import AlphaBarFn, EpsFn, StepCallback
+from .grids import Grid
+from .multistep import EpsFn, NoiseFn, StepCallback
 
 
 def generalized_ddim(
     eps: EpsFn,
-    alpha_bar: AlphaBarFn,
+    grid: Grid,
     x: Tensor,
-    timesteps: Sequence[float],
-    eta: float,
-    noise_like: Callable[[Tensor], Tensor],
+    *,
     callback: Optional[StepCallback] = None,
+    noise: Optional[NoiseFn] = None,
+    eta: float,
 ) -> Tensor:
-    for i, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+    """The generalised DDIM step above over ``grid`` with ``eta``; ``noise(x)`` returns fresh N(0, I) noise shaped
+    like x (needed whenever a step adds noise, i.e. η > 0 and ā' < 1)."""
+    for i, (t, t_next, ab, ab_next) in enumerate(zip(grid.timesteps[:-1], grid.timesteps[1:],
+                                                      grid.alpha_bars[:-1], grid.alpha_bars[1:])):
         e = eps(x, t)
-        ab, ab_next = alpha_bar(t), alpha_bar(t_next)
         sigma = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
         c_x = math.sqrt(ab_next / ab)
         c_e = math.sqrt(max(1 - ab_next - sigma**2, 0.0)) - c_x * math.sqrt(1 - ab)
         x = x.mul(c_x).add_(e, alpha=c_e)
         if sigma > 0:
-            x.add_(noise_like(x), alpha=sigma)
+            if noise is None:
+                raise ValueError(f"eta={eta} adds noise: give a noise source (noise=)")
+            x.add_(noise(x), alpha=sigma)
         if callback is not None:
             callback(i, t, t_next, x)
     return x

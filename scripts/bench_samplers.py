@@ -44,7 +44,7 @@ def accuracy_table(steps_list, seeds, batch, schedule):
                                  rmse=((x0 - exact) ** 2).mean().sqrt().item(), seconds=time.perf_counter() - t0))
         # PF is the released code's solver of the continuous linear VP SDE's flow from s = 1 to s = 1e-3; its
         # exact counterpart runs between the continuous process's noise levels at those times.
-        ab_cont = lambda s: math.exp(schedule.log_alpha_bar_continuous(s))
+        ab_cont = lambda s: math.exp(schedule.vp_log_alpha_bar(s))
         exact = model.flow_endpoint(x_T, ab_cont(1.0), ab_cont(1e-3))
         for tol in (1e-3, 1e-5):
             t0 = time.perf_counter()

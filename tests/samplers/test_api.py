@@ -187,7 +187,7 @@ def test_karras_and_logsnr_grids_follow_their_definitions():
 
     from samplers.grids import spaced_grid
 
-    sigma = lambda t: np.sqrt((1 - SCHEDULE.alpha_bar_continuous(t)) / SCHEDULE.alpha_bar_continuous(t))
+    sigma = lambda t: np.sqrt((1 - SCHEDULE.alpha_bar_lerp(t)) / SCHEDULE.alpha_bar_lerp(t))
     ts = spaced_grid(SCHEDULE, 10, "logsnr")[:-1]
     np.testing.assert_allclose(np.diff(np.log([sigma(t) for t in ts])), np.log(sigma(ts[1]) / sigma(ts[0])),
                                rtol=1e-6)
@@ -244,7 +244,7 @@ def test_own_timesteps_stop_early_and_change_the_result(model):
     x_other = sample(model, noise(2), SCHEDULE, "DDIM", timesteps=[999, 500, 300, -1])
     assert not torch.allclose(x_mid, x_0) and not torch.allclose(x_0, x_other)
     # one DDIM step from 300 to -1 by hand, from the state the early stop returned
-    ab = SCHEDULE.alpha_bar_continuous(300.0)
+    ab = SCHEDULE.alpha_bar_lerp(300.0)
     eps = model(x_mid, torch.full((2,), 300.0))
     torch.testing.assert_close(x_0, (x_mid - (1 - ab) ** 0.5 * eps) / ab ** 0.5)
 

@@ -29,10 +29,16 @@ from scipy.integrate import quad
 from models import GaussianMixture
 from samplers import NoiseSchedule
 from samplers.exponential import _G, _dpm_solver_pp, _g, _phi, deis, dpm_solver_pp, unipc, variable_step_adams
-from samplers.multistep import linear_multistep, pseudo_family
+from samplers.grids import make_grid
+from samplers.multistep import linear_multistep
 
 SCHEDULE = NoiseSchedule("linear")
 alpha_bar = functools.partial(SCHEDULE.alpha_bar, convention="standard")
+
+
+def on(timesteps, ab=alpha_bar):
+    """The grid over these timesteps with ā from the table (standard convention) or ``ab``."""
+    return make_grid(timesteps, ab)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,11 +56,11 @@ def eps_of(model):
 
 
 def method(name, order, variant=None):
-    """A sampler with the uniform signature f(eps, alpha_bar, x, timesteps, callback=None)."""
+    """A sampler with the engine signature f(eps, grid, x, callback=None)."""
     if name == "dpm_solver_pp":
         return functools.partial(dpm_solver_pp, order=order)
     if name == "official_3m":
-        return lambda e, a, x, g, callback=None: _dpm_solver_pp(e, a, x, g, order, callback, official_3m=True)
+        return functools.partial(_dpm_solver_pp, order=order, official_3m=True)
     if name == "unipc":
         return functools.partial(unipc, order=order, variant=variant)
     if name == "deis":
@@ -68,7 +74,7 @@ ALL = [("dpm_solver_pp", o, None) for o in (1, 2, 3)] + [("unipc", o, v) for v i
 
 def trajectory(f, model, x, grid):
     states = []
-    f(eps_of(model), alpha_bar, x, grid, callback=lambda i, t, t_next, y: states.append(y))
+    f(eps_of(model), on(grid), x, callback=lambda i, t, t_next, y: states.append(y))
     return states
 
 
@@ -197,9 +203,9 @@ def test_cosine_schedule_from_t_max_matches_diffusers_in_float64(name, order, va
         x = sched.step(eps_of(model)(x, float(t)), t, x).prev_sample
         theirs.append(x)
     ours = []
-    method(name, order, variant)(eps_of(model), functools.partial(schedule.alpha_bar, convention="standard"), x_T(),
-                                 [float(t) for t in sched.timesteps] + [0.0],
-                                 callback=lambda i, t, t_next, y: ours.append(y))
+    method(name, order, variant)(eps_of(model), on([float(t) for t in sched.timesteps] + [0.0],
+                                                   functools.partial(schedule.alpha_bar, convention="standard")),
+                                 x_T(), callback=lambda i, t, t_next, y: ours.append(y))
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -247,7 +253,7 @@ def convergence(smooth_model, start):
     out = {"steps": [len(g) - 1 for g in grids]}
     for key in ALL + [("official_3m", 3, None)]:
         f = method(*key)
-        out[key] = [rmse(f(eps_of(smooth_model), alpha_bar, x, g), exact) for g in grids]
+        out[key] = [rmse(f(eps_of(smooth_model), on(g), x), exact) for g in grids]
     return out
 
 
@@ -305,7 +311,7 @@ def test_one_model_evaluation_per_step(parity_model, key, grid):
         return eps_of(parity_model)(x, t)
 
     steps = []
-    out = method(*key)(counting, alpha_bar, x_T(2), grid, callback=lambda i, t, tn, y: steps.append((i, t, tn)))
+    out = method(*key)(counting, on(grid), x_T(2), callback=lambda i, t, tn, y: steps.append((i, t, tn)))
     assert calls == grid[:-1]
     assert steps == [(i, grid[i], grid[i + 1]) for i in range(len(grid) - 1)]
     assert torch.isfinite(out).all()
@@ -314,9 +320,8 @@ def test_one_model_evaluation_per_step(parity_model, key, grid):
 @pytest.mark.parametrize("f", [method("dpm_solver_pp", 1), method("deis", 1), method("variable_step_adams", 1)])
 def test_order_one_is_ddim(parity_model, f):
     grid = [float(t) for t in range(999, 0, -111)] + [-1.0]
-    family = pseudo_family(eps_of(parity_model), alpha_bar)
-    ddim = linear_multistep(family, x_T(), grid, 1, None)
-    torch.testing.assert_close(f(eps_of(parity_model), alpha_bar, x_T(), grid), ddim, atol=1e-10, rtol=0)
+    ddim = linear_multistep(eps_of(parity_model), on(grid), x_T(), family="pseudo", order=1)
+    torch.testing.assert_close(f(eps_of(parity_model), on(grid), x_T()), ddim, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
@@ -326,8 +331,8 @@ def test_adams_on_a_grid_uniform_in_rho_is_pndm_linear_multistep(parity_model, o
     ab = lambda t: 1.0 / (1.0 + (0.05 * (t + 1.0)) ** 2)  # noqa: E731
     eps = lambda x, t: parity_model.eps_at(x, ab(t))  # noqa: E731
     grid = [float(t) for t in range(899, -2, -60)]  # 899, 839, ..., 59, -1: uniform in ρ to the end
-    pndm = linear_multistep(pseudo_family(eps, ab), x_T(), grid, order, "lower_order")
-    ours = variable_step_adams(eps, ab, x_T(), grid, order)
+    pndm = linear_multistep(eps, on(grid, ab), x_T(), family="pseudo", order=order, warmup="lower_order")
+    ours = variable_step_adams(eps, on(grid, ab), x_T(), order=order)
     torch.testing.assert_close(ours, pndm, atol=1e-10, rtol=0)
 
 
@@ -335,11 +340,11 @@ def test_float32_and_no_state(parity_model):
     grid = [float(t) for t in range(900, -1, -100)] + [-1.0]
     for key in ALL:
         f = method(*key)
-        x32 = f(eps_of(parity_model), alpha_bar, x_T(dtype=torch.float32), grid)
-        x64 = f(eps_of(parity_model), alpha_bar, x_T(), grid)
+        x32 = f(eps_of(parity_model), on(grid), x_T(dtype=torch.float32))
+        x64 = f(eps_of(parity_model), on(grid), x_T())
         assert x32.dtype == torch.float32
         torch.testing.assert_close(x32.double(), x64, atol=1e-4, rtol=0)
-        assert torch.equal(f(eps_of(parity_model), alpha_bar, x_T(), grid), x64)
+        assert torch.equal(f(eps_of(parity_model), on(grid), x_T()), x64)
 
 
 def test_phi_and_moments():
@@ -357,16 +362,16 @@ def test_phi_and_moments():
 def test_bad_arguments(parity_model):
     e, x = eps_of(parity_model), x_T(1)
     with pytest.raises(ValueError, match="order must be between 1 and 3"):
-        dpm_solver_pp(e, alpha_bar, x, [999.0, -1.0], 4)
+        dpm_solver_pp(e, on([999.0, -1.0]), x, order=4)
     with pytest.raises(ValueError, match="order must be between 1 and 4"):
-        variable_step_adams(e, alpha_bar, x, [999.0, -1.0], 5)
+        variable_step_adams(e, on([999.0, -1.0]), x, order=5)
     with pytest.raises(ValueError, match="integer"):
-        deis(e, alpha_bar, x, [999.0, -1.0], 2.5)
+        deis(e, on([999.0, -1.0]), x, order=2.5)
     with pytest.raises(ValueError, match="unknown UniPC variant 'bh3'"):
-        unipc(e, alpha_bar, x, [999.0, -1.0], 2, "bh3")
+        unipc(e, on([999.0, -1.0]), x, order=2, variant="bh3")
     with pytest.raises(ValueError, match="increase"):
-        dpm_solver_pp(e, alpha_bar, x, [500.0, 500.0, -1.0], 2)
+        dpm_solver_pp(e, on([500.0, 500.0, -1.0]), x, order=2)
     with pytest.raises(ValueError, match="at least two"):
-        deis(e, alpha_bar, x, [-1.0], 1)
+        deis(e, on([-1.0]), x, order=1)
     with pytest.raises(ValueError, match="only the final target"):
-        unipc(e, alpha_bar, x, [999.0, -1.0, -1.0], 2, "bh2")
+        unipc(e, on([999.0, -1.0, -1.0]), x, order=2, variant="bh2")

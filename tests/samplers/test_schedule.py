@@ -25,25 +25,25 @@ def test_from_config_and_unknown_key():
 
 
 @pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
-def test_continuous_beta_is_minus_derivative_of_log_alpha_bar(kind):
+def test_vp_beta_is_minus_derivative_of_vp_log_alpha_bar(kind):
     s = NoiseSchedule(kind)
     for u in (0.01, 0.3, 0.7, 0.95):
         h = 1e-6
-        numeric = -(s.log_alpha_bar_continuous(u + h) - s.log_alpha_bar_continuous(u - h)) / (2 * h)
-        assert s.beta_continuous(u) == pytest.approx(numeric, rel=1e-5)
+        numeric = -(s.vp_log_alpha_bar(u + h) - s.vp_log_alpha_bar(u - h)) / (2 * h)
+        assert s.vp_beta(u) == pytest.approx(numeric, rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
-def test_continuous_extension_tracks_the_table(kind):
+def test_vp_process_tracks_the_table(kind):
     """ā(s = (t+1)/T) of the continuous process is the table's ā_t up to O(1/T) discretisation."""
     s = NoiseSchedule(kind)
     t = np.arange(0, 900, 50)
-    cont = np.array([s.log_alpha_bar_continuous((i + 1) / s.T) for i in t])
+    cont = np.array([s.vp_log_alpha_bar((i + 1) / s.T) for i in t])
     np.testing.assert_allclose(cont, np.log(s.alphas_cumprod[t]), rtol=0.02, atol=2e-3)
 
 
 def test_interpolation_hits_the_table_at_integers():
     s = NoiseSchedule("linear")
-    np.testing.assert_array_equal(s.alpha_bar_interp([0, 417, 999]), s.alphas_cumprod[[0, 417, 999]])
-    mid = s.alpha_bar_interp(417.5)
+    np.testing.assert_array_equal(s.alpha_bar_lerp_clamped([0, 417, 999]), s.alphas_cumprod[[0, 417, 999]])
+    mid = s.alpha_bar_lerp_clamped(417.5)
     assert s.alphas_cumprod[418] < mid < s.alphas_cumprod[417]
