@@ -23,9 +23,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="Section.key=value",
                    help="override a config key (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the cores not busy with other work, at least 1)")
 
 
-def _sampling(p: argparse.ArgumentParser, defaults_from_config: bool = True) -> None:
+def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", default=None, help="checkpoint file or diffusers folder (default: Model.ckpt)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (runs code from the file: only for files "
@@ -48,6 +50,12 @@ def _features(p: argparse.ArgumentParser, stats_help: str) -> None:
     p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
 
 
+_BASES = [name for name in available() if "@" not in name]
+_SPACINGS = list(dict.fromkeys(name.split("@", 1)[1] for name in available() if "@" in name))
+METHOD_HELP = (f"one of {', '.join(_BASES)}; a fixed-step method runs on another time grid as NAME@SPACING, "
+               f"SPACING one of {', '.join(_SPACINGS)} (samplers.available() lists every name)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,fid,stats,ablate,train}")
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images to PNG files (resumable, torchrun-aware)")
     _common(p)
     _sampling(p)
-    p.add_argument("--method", default=None, help=f"one of {', '.join(available())} (default: Sample.method)")
+    p.add_argument("--method", default=None, help=METHOD_HELP + " (default: Sample.method)")
     p.add_argument("--steps", type=int, default=None, help="number of steps (default: Sample.steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM only: stochasticity η (0 = deterministic)")
     p.add_argument("--num-samples", type=int, default=None, help="default: Sample.total_num")
@@ -80,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="methods × steps × seeds: FID and distance to a reference solution")
     _common(p)
     _sampling(p)
-    p.add_argument("--methods", default=None, help="comma-separated (default: FID.methods)")
+    p.add_argument("--methods", default=None, help="comma-separated, as --method of 'sample' (default: FID.methods)")
     p.add_argument("--steps", default=None, help="comma-separated step counts (default: FID.steps)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: FID.seeds or 0)")
     p.add_argument("--num-samples", type=int, default=None, help="per cell (default: FID.num_samples)")
@@ -100,16 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from runners.commands import COMMANDS, USER_ERRORS  # imported late: --help stays fast
+    from runners import cli  # imported late: --help stays fast
 
     try:
-        COMMANDS[args.command](args)
-    except USER_ERRORS as e:
+        cli.run(args)
+    except cli.user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "add --resume to the same command" if args.command == "train" else "rerun the same command"
-        print(f"interrupted: {hint} to continue where it stopped", file=sys.stderr)
+        print(f"interrupted: {cli.interrupted_hint(args)}", file=sys.stderr)
         return 130
     return 0
 

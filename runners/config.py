@@ -14,9 +14,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the key."""
+from .errors import ConfigError
+from .files import write_text_atomic
 
 
 # type names: int, float, bool, str, path (a str resolved against the config's folder), list[int]
@@ -129,7 +128,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read YAML: {str(e).splitlines()[0]}") from None
     cfg = validate(raw if raw is not None else {}, str(path), path.resolve().parent)
     return apply_overrides(cfg, overrides, source=str(path))
@@ -142,7 +141,10 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "--set") 
             raise ConfigError(f"--set {item!r}: expected Section.key=value")
         dotted, text = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
         one = validate({section: {key: value}}, f"--set {item}", Path.cwd())
         cfg.setdefault(section, {})[key] = one[section][key]
     return cfg
@@ -150,10 +152,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "--set") 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     """Write the effective config atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), yaml.safe_dump(cfg, sort_keys=False))
 
 
 def get(cfg: dict, section: str, key: str, default: Any = None, required: bool = False) -> Any:

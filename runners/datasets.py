@@ -13,11 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import list_images, read_image
-
-
-class DatasetError(FileNotFoundError):
-    pass
+from .errors import DatasetError
+from .features import list_images, read_image
 
 
 class TensorImages(Dataset):
@@ -58,11 +55,7 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image = torch.from_numpy(read_image(self.paths[i], self.channels))
-        if self.image_size is not None and tuple(image.shape[1:]) != (self.image_size, self.image_size):
-            raise DatasetError(f"{self.paths[i]} is {tuple(image.shape[1:])}, expected "
-                               f"{self.image_size}×{self.image_size}")
-        return image, 0
+        return torch.from_numpy(read_image(self.paths[i], self.channels, self.image_size)), 0
 
 
 def digits_images() -> torch.Tensor:

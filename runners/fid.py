@@ -1,173 +1,85 @@
-"""FID in-process: feature extractors, statistics files, and pytorch-fid's Fréchet distance.
+"""FID: statistics files, pytorch-fid's Fréchet distance, and the one path from image files to a score.
 
-Features are computed from uint8 images exactly as the PNG files hold them. Statistics record which extractor
-and dimension produced them, and ``fid`` refuses to compare statistics from different extractors: FIDs from
-different feature networks are not comparable numbers.
+A statistic that is not finite, or has the wrong shape, is an error and is never written or used: a FID computed
+from it would be a wrong number printed with exit 0.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
-import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy.linalg import LinAlgWarning
-from tqdm.auto import tqdm
 
-from .images import list_images, read_image
-
-INCEPTION = "inception-v3-pool3"
-FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-
-
-class StatsError(ValueError):
-    pass
-
-
-class InceptionExtractor:
-    """pytorch-fid's InceptionV3 (the TF-FID weights), 2048-d pool3 features; uint8 NCHW in, float64 out."""
-
-    name, dims = INCEPTION, 2048
-
-    def __init__(self, device="cpu", weights: Optional[str] = None):
-        from pytorch_fid.inception import InceptionV3
-
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
-        if weights is None and not cached.is_file():
-            raise FileNotFoundError(
-                f"the FID Inception weights are not available offline: put {FID_WEIGHTS_FILE} (from pytorch-fid's "
-                f"release 'fid_weights') at {cached}, or pass --inception-weights PATH")
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"Inception weights not found: {weights}")
-        with _hub_dir_holding(weights):
-            self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).float() / 255.0
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        return self.net(x)[0].flatten(1).double().cpu()
-
-
-class DigitsExtractor:
-    """The digits demo's classifier (models/digits_classifier.py), 128-d penultimate features."""
-
-    name, dims = "digits-classifier-128", 128
-
-    def __init__(self, device="cpu", weights: Optional[str] = None):
-        from models.digits_classifier import DigitsClassifier
-
-        if weights is None or not Path(weights).is_file():
-            raise FileNotFoundError(f"digits classifier weights not found: {weights} (set FID.extractor_weights; "
-                                    f"scripts/train_digits_classifier.py makes them)")
-        self.net = DigitsClassifier()
-        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.net.to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1:] != (1, 8, 8):
-            raise ValueError(f"the digits extractor takes 1×8×8 images, got {tuple(images.shape[1:])}")
-        return self.net.features(images.to(self.device)).double().cpu()
-
-
-class _hub_dir_holding:
-    """Point torch.hub at a temporary folder whose checkpoint is the user's weights file (pytorch-fid loads
-    its weights through torch.hub); restore the previous folder afterwards."""
-
-    def __init__(self, weights: Optional[str]):
-        self.weights, self.old, self.tmp = weights, None, None
-
-    def __enter__(self):
-        if self.weights is not None:
-            self.old = torch.hub.get_dir()
-            self.tmp = tempfile.TemporaryDirectory()
-            (Path(self.tmp.name) / "checkpoints").mkdir()
-            os.symlink(Path(self.weights).resolve(), Path(self.tmp.name) / "checkpoints" / FID_WEIGHTS_FILE)
-            torch.hub.set_dir(self.tmp.name)
-
-    def __exit__(self, *exc):
-        if self.tmp is not None:
-            torch.hub.set_dir(self.old)
-            self.tmp.cleanup()
-
-
-def extract_features(extractor: Callable, batches: Iterable[torch.Tensor], total: Optional[int] = None,
-                     progress: bool = True) -> np.ndarray:
-    feats = []
-    with tqdm(total=total, desc="features", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in batches:
-            feats.append(extractor(batch).numpy())
-            bar.update(len(batch))
-    return np.concatenate(feats).astype(np.float64)
-
-
-def folder_batches(paths: list, channels: int, batch_size: int):
-    for lo in range(0, len(paths), batch_size):
-        yield torch.from_numpy(np.stack([read_image(p, channels) for p in paths[lo:lo + batch_size]]))
-
-
-def image_features(paths: list, extractor, channels: int, batch_size: int = 200, progress: bool = True) -> np.ndarray:
-    """Features of the image files at ``paths``, read as the files hold them (uint8)."""
-    if not paths:
-        raise FileNotFoundError("no images to read")
-    return extract_features(extractor, folder_batches(paths, channels, batch_size), len(paths), progress)
-
-
-def folder_features(folder: Path, extractor, channels: int, batch_size: int = 200, progress: bool = True) -> np.ndarray:
-    paths = list_images(folder)
-    if not paths:
-        raise FileNotFoundError(f"no images in {folder}")
-    return image_features(paths, extractor, channels, batch_size, progress)
+from .errors import OutputError, StatsError
+from .features import INCEPTION, image_features
+from .files import write_atomic, write_json_atomic
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (unbiased, as pytorch-fid computes them)."""
+    """Mean and covariance (unbiased, as pytorch-fid computes them); refuses what would give NaN."""
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise StatsError(f"statistics need at least 2 images, got {features.shape[0] if features.ndim else 0}")
+    if not np.isfinite(features).all():
+        raise StatsError("the feature network returned non-finite features (check its weights)")
     return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
 def save_stats(path: Path, features: np.ndarray, extractor_name: str, source: str) -> None:
     mu, sigma = statistics(features)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, extractor=np.array(extractor_name), dims=np.array(features.shape[1]),
-             num_images=np.array(features.shape[0]), source=np.array(str(source)))
-    os.replace(tmp, path)
+    write_atomic(Path(path), lambda fh: np.savez(
+        fh, mu=mu, sigma=sigma, extractor=np.array(extractor_name), dims=np.array(features.shape[1]),
+        num_images=np.array(features.shape[0]), source=np.array(str(source))))
 
 
 def load_stats(path: Path) -> dict:
-    """mu, sigma and provenance; files from pytorch-fid or the released code (mu and sigma only) are taken to be
-    pytorch-fid Inception statistics, as they are."""
+    """mu, sigma and provenance, validated. Files from pytorch-fid or the released code (mu and sigma only) are
+    taken to be pytorch-fid Inception statistics, as they are."""
     path = Path(path)
+    if path.is_dir():
+        raise StatsError(f"statistics {path} is a folder, not an .npz file")
     if not path.is_file():
         raise StatsError(f"statistics file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise StatsError(f"cannot read statistics {path}: {e}") from None
+    except Exception as e:  # numpy raises OSError, ValueError, BadZipFile, EOFError … on a bad file
+        raise StatsError(f"cannot read statistics {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
     if "mu" not in data or "sigma" not in data:
         raise StatsError(f"{path} has no 'mu'/'sigma' arrays; not an FID statistics file")
     mu, sigma = data["mu"], data["sigma"]
-    return {"mu": mu, "sigma": sigma, "extractor": str(data.get("extractor", INCEPTION)),
-            "dims": int(data.get("dims", mu.shape[0])), "num_images": int(data.get("num_images", -1)),
-            "source": str(data.get("source", path))}
+    if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
+        raise StatsError(f"{path}: mu and sigma must be numeric arrays, got {mu.dtype} and {sigma.dtype}")
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise StatsError(f"{path}: mu must be a vector and sigma its square covariance, got shapes "
+                         f"{tuple(mu.shape)} and {tuple(sigma.shape)}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise StatsError(f"{path}: mu or sigma holds NaN or infinite values")
+    try:
+        meta = {"extractor": str(data.get("extractor", INCEPTION)), "dims": int(data.get("dims", mu.shape[0])),
+                "num_images": int(data.get("num_images", -1)), "source": str(data.get("source", path))}
+    except (TypeError, ValueError):
+        raise StatsError(f"{path}: malformed extractor/dims/num_images/source entries") from None
+    if meta["dims"] != mu.shape[0]:
+        raise StatsError(f"{path}: dims={meta['dims']} but mu has {mu.shape[0]} entries")
+    return {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64), **meta}
+
+
+def check_compatible(reference: dict, extractor_name: str, dims: Optional[int] = None) -> None:
+    """Refuse statistics of another feature network: FIDs across feature networks are not comparable."""
+    if reference["extractor"] != extractor_name or (dims is not None and reference["dims"] != dims):
+        shown = f"{extractor_name} ({dims}-d)" if dims is not None else extractor_name
+        raise StatsError(f"reference statistics come from {reference['extractor']} ({reference['dims']}-d) but "
+                         f"the samples use {shown}: FIDs across feature networks are not comparable")
 
 
 def fid_from_features(features: np.ndarray, reference: dict, extractor_name: str) -> float:
     """Fréchet distance between the features' statistics and reference statistics of the same extractor."""
-    if reference["extractor"] != extractor_name or reference["dims"] != features.shape[1]:
-        raise StatsError(f"reference statistics come from {reference['extractor']} ({reference['dims']}-d) but "
-                         f"the samples use {extractor_name} ({features.shape[1]}-d): FIDs across feature "
-                         f"networks are not comparable")
+    check_compatible(reference, extractor_name, features.shape[1])
     if features.shape[0] < features.shape[1]:
         warnings.warn(f"only {features.shape[0]} samples for {features.shape[1]}-d features: the covariance is "
                       f"singular and the FID is biased upwards; use at least {features.shape[1]}", stacklevel=2)
@@ -177,20 +89,27 @@ def fid_from_features(features: np.ndarray, reference: dict, extractor_name: str
         # scipy's own warnings about the same product only repeat that
         warnings.filterwarnings("ignore", category=LinAlgWarning)
         warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
-        return float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
+        fid = float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
+    if not np.isfinite(fid):
+        raise StatsError(f"the FID came out {fid}: the statistics are degenerate")
+    return fid
 
 
-EXTRACTORS = ("inception", "digits")
+def score_images(paths: list, extractor, reference: dict, channels: int, size: Optional[int],
+                 batch_size: int, progress: bool = True) -> dict:
+    """The one FID path: features of the image files at ``paths`` (uint8, as written) against ``reference``."""
+    features = image_features(paths, extractor, channels, size, batch_size, progress)
+    fid = fid_from_features(features, reference, extractor.name)
+    return {"fid": fid, "num_samples": int(features.shape[0]), "extractor": extractor.name,
+            "stats": reference["source"], "stats_num_images": reference["num_images"],
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def build_extractor(cfg: dict, device, weights: Optional[str] = None):
-    """The config's feature extractor (FID.extractor): 'inception' (pytorch-fid, default) or 'digits' (the
-    small classifier of the digits demo). ``weights`` overrides FID.extractor_weights."""
-    section = cfg.get("FID", {})
-    name = section.get("extractor", "inception")
-    weights = weights or section.get("extractor_weights")
-    if name == "inception":
-        return InceptionExtractor(device, weights)
-    if name == "digits":
-        return DigitsExtractor(device, weights)
-    raise StatsError(f"unknown FID.extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+def write_fid_json(folder: Path, result: dict) -> None:
+    """Print the FID, then write fid.json: a number that was computed is never lost to a write failure."""
+    print(f"FID {result['fid']:.4f} ({result['num_samples']} samples, {result['extractor']})", flush=True)
+    try:
+        write_json_atomic(Path(folder) / "fid.json", result)
+    except OSError as e:
+        raise OutputError(f"could not write {Path(folder) / 'fid.json'} ({e.strerror}); the FID above is "
+                          "not saved") from None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from main import main
-from runners.ablate import results_markdown
+from runners.tables import results_markdown
 
 
 def test_ablation_grid_end_to_end_and_resume(tiny, tmp_path, capsys):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from main import main
 from runners.images import sample_path
-from runners.sampling import sha256_file
+from runners.setup import sha256_file
 
 from .conftest import REPO, write_tiny
 
@@ -59,9 +59,9 @@ def test_interrupted_run_resumes_to_the_same_files(tiny, tmp_path, monkeypatch):
     cfg, _ = tiny
     assert sample(cfg, tmp_path / "full", "--num-samples", 10, "--batch-size", 3) == 0
 
-    import runners.commands as commands
+    import runners.sampling as sampling
 
-    real_load = commands.load_eps
+    real_load = sampling.load_eps
     calls = {"n": 0}
 
     def dying_load(*a, **k):
@@ -75,12 +75,12 @@ def test_interrupted_run_resumes_to_the_same_files(tiny, tmp_path, monkeypatch):
 
         return eps_dies_in_batch_3
 
-    monkeypatch.setattr(commands, "load_eps", dying_load)
+    monkeypatch.setattr(sampling, "load_eps", dying_load)
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 3) == 130
     partial = files_of(tmp_path / "resumed")
     assert len(partial) == 6 and not list((tmp_path / "resumed").rglob(".*.tmp"))
     assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["status"] == "running"
-    monkeypatch.setattr(commands, "load_eps", real_load)
+    monkeypatch.setattr(sampling, "load_eps", real_load)
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 4) == 0
     assert files_of(tmp_path / "resumed") == files_of(tmp_path / "full")
 
@@ -141,7 +141,7 @@ def _random_fid_inception_weights(path: Path) -> None:
 def test_fid_equals_pytorch_fid_own_computation(tmp_path):
     from pytorch_fid.fid_score import calculate_fid_given_paths
 
-    from runners.fid import FID_WEIGHTS_FILE
+    from runners.features import FID_WEIGHTS_FILE
 
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
@@ -226,10 +226,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, case, 
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress bars aside
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
-    if case != "NaN model":  # a model that fails mid-run keeps nothing but its manifest
-        assert not out.exists()
-    else:
-        assert not list(out.rglob("*.png"))
+    assert not out.exists()  # a run that fails before its first image leaves nothing, not even a manifest
 
 
 def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsys):
@@ -243,15 +240,15 @@ def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsy
 
 
 def test_missing_inception_weights_say_which_file_goes_where(tmp_path, capsys, tiny):
-    from runners.fid import FID_WEIGHTS_FILE, build_extractor
+    from runners.features import FID_WEIGHTS_FILE, build_extractor
 
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "empty-hub"))
     try:
         with pytest.raises(FileNotFoundError, match=f"put {FID_WEIGHTS_FILE} .* at .*empty-hub.*--inception-weights"):
-            build_extractor({"FID": {"extractor": "inception"}}, "cpu")
+            build_extractor("inception", None, "cpu")
         with pytest.raises(FileNotFoundError, match="Inception weights not found"):
-            build_extractor({"FID": {"extractor": "inception"}}, "cpu", str(tmp_path / "nope.pth"))
+            build_extractor("inception", str(tmp_path / "nope.pth"), "cpu")
     finally:
         torch.hub.set_dir(old)
 

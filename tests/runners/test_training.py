@@ -1,5 +1,6 @@
 """Training: the loss goes down, --resume is bit-exact, checkpoints are atomic and load as EMA weights, torchrun
-with two gloo processes works, and user errors surface as one line.
+with two gloo processes works, the caller's RNG is untouched, the workdir has one writer, Ctrl-C reports what is
+on disk, and user errors surface as one line.
 
 A tiny DDPM UNet on scikit-learn's 8×8 digits keeps every run to a few seconds on two CPU cores. The torch
 thread count is pinned to one: on a shared two-core machine, OpenMP's spinning threads otherwise make every
@@ -10,18 +11,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import main as cli_main
 from models import load_model
 from models.ema import EMA
-from runners import training
-from runners.training import (CHECKPOINT_FORMAT, NoCheckpointError, ResumeError, diffusion_loss, epoch_permutation,
-                              load_checkpoint, lr_at, rank_batches, run_training, save_atomic)
+from runners.config import load_config
+from runners.errors import UserError
+from runners.files import OutputLock, save_torch_atomic
+from runners.jobs import TrainJob
+from runners.training import (CHECKPOINT_FORMAT, LAST, NoCheckpointError, ResumeError, diffusion_loss,
+                              epoch_permutation, load_checkpoint, lr_at, rank_batches, resolve_settings, run_training)
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 64  # 1797 digits → 28 steps per epoch, so a 40-step run crosses an epoch boundary
@@ -57,9 +61,15 @@ def write_config(folder: Path, **sections) -> Path:
     return path
 
 
+def job(config: Path, workdir: Path, steps: int, resume: bool = False, overrides=()) -> TrainJob:
+    """The job ``main.py train`` builds (see ``runners.cli.train_job``)."""
+    cfg = load_config(config, list(overrides))
+    return TrainJob(config=cfg, settings=resolve_settings(cfg, steps), workdir=Path(workdir), resume=resume,
+                    device="cpu")
+
+
 def train(config: Path, workdir: Path, steps: int, resume: bool = False, overrides=()) -> dict:
-    return run_training(Namespace(config=str(config), overrides=list(overrides), workdir=str(workdir),
-                                  max_steps=steps, resume=resume, device="cpu"))
+    return run_training(job(config, workdir, steps, resume, overrides))
 
 
 def last(workdir: Path) -> dict:
@@ -168,8 +178,6 @@ def test_resume_is_bit_exact(straight, tmp_path):
 
 def test_checkpoints_load_as_ema_weights(straight):
     config, workdir, _ = straight
-    from runners.config import load_config
-
     cfg = load_config(config)
     del cfg["Model"]["ckpt"]  # the UNet's constructor refuses the runner's own key
     state = torch.load(workdir / "checkpoints" / "last.pt", weights_only=True)  # no pickled objects
@@ -202,10 +210,10 @@ def test_killed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
     # and the direct helper: a failed save leaves the old file and no temporary behind
     target = tmp_path / "x.pt"
-    save_atomic({"a": torch.ones(1)}, target)
+    save_torch_atomic({"a": torch.ones(1)}, target)
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError):
-        save_atomic({"a": torch.zeros(1)}, target)
+        save_torch_atomic({"a": torch.zeros(1)}, target)
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(1))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -213,13 +221,16 @@ def test_killed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_workdir_and_resume_mismatches_are_refused(straight, tmp_path):
     config, workdir, _ = straight
-    with pytest.raises(NoCheckpointError, match="--resume"):
+    with pytest.raises(NoCheckpointError, match="--resume") as err:
         train(config, tmp_path / "empty", 5, resume=True)
-    with pytest.raises(ResumeError, match="pass --resume"):
+    assert isinstance(err.value, UserError) and not (tmp_path / "empty").exists()
+    with pytest.raises(ResumeError, match="pass --resume") as err:
         train(config, workdir, 50)
+    assert isinstance(err.value, UserError)
     with pytest.raises(ResumeError, match="Model.ch"):
         train(config, workdir, 50, resume=True, overrides=["Model.ch=64"])
     assert last(workdir)["step"] == 40  # nothing was touched
+    assert not (workdir / ".lock").exists()
 
 
 def test_bad_training_config_is_refused(tmp_path):
@@ -278,5 +289,94 @@ def test_missing_dataset_is_one_error_line(tmp_path):
     assert not workdir.exists()
 
 
-def test_module_documents_batch_semantics():
-    assert "batch of ONE process" in training.__doc__
+def test_batch_size_is_per_process(tmp_path, monkeypatch):
+    """Train.batch_size is the batch of ONE process: each of N ranks takes ``batch`` images a step, and a step
+    consumes N × batch images of the epoch's permutation."""
+    perm = epoch_permutation(0, 0, 1797)
+    shards = [rank_batches(perm, 0, BATCH, 2, r) for r in range(2)]
+    assert all(len(b) == BATCH for shard in shards for b in shard)
+    assert len(shards[0]) == len(shards[1]) == 1797 // (2 * BATCH)
+    assert shards[0][0] + shards[1][0] == perm[:2 * BATCH].tolist()
+    assert rank_batches(perm, 2 * BATCH, BATCH, 2, 1) == shards[1][1:]  # one step consumed 2 × batch
+    # one process: every step's loss sees exactly ``batch`` images, and the position advances by as many
+    from runners.training import loop
+
+    seen, real = [], loop.diffusion_loss
+
+    def spy(model, x0, *args, **kwargs):
+        seen.append(x0.shape[0])
+        return real(model, x0, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "diffusion_loss", spy)
+    config = write_config(tmp_path, Train={"batch_size": 10, "sample_freq": 0, "snapshot_freq": 3, "log_freq": 3})
+    summary = train(config, tmp_path / "run", 3)
+    assert seen == [10, 10, 10] and summary["position"] == 30
+
+
+def test_callers_global_rng_is_untouched(tmp_path):
+    config = write_config(tmp_path, Train={"sample_freq": 2, "snapshot_freq": 2, "log_freq": 2})
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    train(config, tmp_path / "a", 2)
+    assert torch.equal(torch.get_rng_state(), before)
+    # and the run does not depend on it
+    torch.manual_seed(999)
+    train(config, tmp_path / "b", 2)
+    assert_same_tensors(last(tmp_path / "a")["model"], last(tmp_path / "b")["model"], "model")
+
+
+def test_second_writer_is_refused(tmp_path):
+    config = write_config(tmp_path)
+    workdir = tmp_path / "run"
+    with OutputLock.for_folder(workdir):  # a live run holds the workdir
+        proc = subprocess.run([sys.executable, str(REPO / "main.py"), "train", "--config", str(config),
+                               "--workdir", str(workdir), "--max-steps", "1", "--device", "cpu", "--threads", "1"],
+                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "being written by another run" in lines[0] and f"pid {os.getpid()}" in lines[0], lines[0]
+    assert sorted(p.name for p in workdir.iterdir()) == [], "the refused run wrote something"
+
+
+def test_ctrl_c_reports_what_is_on_disk(tmp_path, monkeypatch, capsys):
+    from runners.training import loop
+
+    config = write_config(tmp_path, Train={"snapshot_freq": 3, "sample_freq": 0, "log_freq": 1})
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--workdir", str(workdir), "--max-steps", "5", "--device", "cpu",
+            "--threads", "1"]
+    real = loop._optimise
+
+    def interrupt_after(n: int):
+        calls = {"n": 0}
+
+        def step(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        return step
+
+    # before the first checkpoint (step 3): nothing on disk, so no --resume advice and no last.pt named
+    monkeypatch.setattr(loop, "_optimise", interrupt_after(2))
+    assert cli_main.main(argv) == 130
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("interrupted at step")]
+    assert ours == ["interrupted at step 2, before this run's first checkpoint: nothing was saved"], err
+    assert "continue with --resume" not in err and "add --resume" not in err and LAST not in err, err
+    assert "no checkpoint was written" in err, err
+    assert not (workdir / "checkpoints" / LAST).exists() and not (workdir / "config.yml").exists()
+
+    # the same command starts again; interrupted after its first checkpoint, it points at it
+    monkeypatch.setattr(loop, "_optimise", interrupt_after(4))
+    assert cli_main.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"the last checkpoint (step 3) is {workdir / 'checkpoints' / LAST}: continue with --resume" in err, err
+    assert "add --resume" in err, err
+    assert last(workdir)["step"] == 3 and (workdir / "config.yml").is_file()
+
+    monkeypatch.setattr(loop, "_optimise", real)
+    assert cli_main.main([*argv, "--resume"]) == 0
+    assert last(workdir)["step"] == 5

@@ -1,0 +1,217 @@
+"""From parsed command-line flags and the validated config to one typed job, then run it.
+
+This is the only module that reads argparse values or looks config keys up for a job; every check happens here,
+before any output is touched. Nothing but ``main.py`` imports it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import get, load_config
+from .errors import ArgumentError, ConfigError, UserError
+from .files import check_output_file, check_output_folder
+from .jobs import AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob
+from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, positive, resolve_device,
+                    resolve_plan, schedule_of, sha256_file)
+
+
+def user_errors() -> tuple:
+    """The exceptions main.py prints as one line (exit 2); everything else is a bug and keeps its traceback."""
+    from models import CheckpointError
+
+    return (UserError, CheckpointError)
+
+
+def _split(text, name: str, cast=str) -> list:
+    try:
+        values = [cast(v.strip()) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ArgumentError(f"{name} {text!r}: expected a comma-separated list of {cast.__name__}s") from None
+    if not values:
+        raise ArgumentError(f"{name} {text!r} names nothing")
+    return values
+
+
+def _check_model(cfg: dict) -> None:
+    """Build the config's network on the meta device (no memory): a bad Model section is a config error here,
+    not a traceback after the job has started."""
+    import torch
+
+    from models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model(cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"Model: {e}") from None
+
+
+def _fid_spec(cfg: dict, stats, weights, batch_size) -> FidSpec:
+    from .features import EXTRACTORS, extractor_weights
+    from .fid import check_compatible, load_stats
+
+    stats = stats or get(cfg, "FID", "stats", required=True)
+    reference = load_stats(stats)
+    name = get(cfg, "FID", "extractor", "inception")
+    weights = extractor_weights(name, weights or get(cfg, "FID", "extractor_weights"))
+    check_compatible(reference, EXTRACTORS[name])
+    return FidSpec(stats_path=str(stats), stats_sha256=sha256_file(stats), reference=reference, extractor=name,
+                   extractor_weights=weights, extractor_sha256=sha256_file(weights),
+                   batch_size=positive("--batch-size", pick(batch_size, get(cfg, "FID", "batch_size", 200))))
+
+
+def _sampling(method: str, steps, convention: str, schedule, eta=None, explicit_steps: bool = False) -> Sampling:
+    from samplers import get_method
+
+    try:
+        adaptive = get_method(method).adaptive
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    if adaptive and explicit_steps:
+        raise ArgumentError(f"{method} is adaptive: it takes no --steps")
+    if not adaptive and steps is None:
+        raise ArgumentError(f"{method} needs --steps (or Sample.steps)")
+    p = resolve_plan(method, schedule, None if adaptive else steps, convention, eta)
+    return Sampling(p.method.name, None if adaptive else steps, convention, eta, p.nfe)
+
+
+def _model(args, cfg: dict):
+    _check_model(cfg)
+    return model_spec(cfg, args.ckpt or get(cfg, "Model", "ckpt"), args.trust_checkpoint,
+                      args.precision or get(cfg, "Sample", "precision", "fp32"),
+                      bool(args.compile or get(cfg, "Sample", "compile", False)))
+
+
+def _convention(args, cfg: dict) -> str:
+    from samplers import CONVENTIONS
+
+    convention = str(args.convention or get(cfg, "Sample", "convention", "standard")).lower()
+    if convention not in CONVENTIONS:
+        raise ArgumentError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    return convention
+
+
+def _shape_or_rgb(cfg: dict) -> tuple:
+    """The config's image shape; a config without Model and Dataset sections scores RGB images of any size."""
+    return image_shape(cfg) if cfg.get("Model") or cfg.get("Dataset") else (3, None, None)
+
+
+def sample_job(args) -> SampleJob:
+    cfg = load_config(args.config, args.overrides)
+    method = args.method or get(cfg, "Sample", "method")
+    if method is None:
+        raise ArgumentError("no method: pass --method or set Sample.method")
+    schedule = schedule_of(cfg)
+    sampling = _sampling(method, pick(args.steps, get(cfg, "Sample", "steps")), _convention(args, cfg), schedule,
+                         args.eta, explicit_steps=args.steps is not None)
+    return SampleJob(
+        config=cfg, out=check_output_folder(Path(args.out)), sampling=sampling, schedule=schedule,
+        model=_model(args, cfg), seed=nonnegative("--seed", pick(args.seed, get(cfg, "Sample", "seed", 0))),
+        num_samples=positive("--num-samples", pick(args.num_samples, get(cfg, "Sample", "total_num"))),
+        batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
+        image_shape=image_shape(cfg), device=_device(args),
+        fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if args.fid else None)
+
+
+def fid_job(args) -> FidJob:
+    cfg = load_config(args.config, args.overrides)
+    folder = Path(args.samples)
+    if not folder.is_dir():
+        raise UserError(f"samples folder not found: {folder}")
+    return FidJob(samples=folder, fid=_fid_spec(cfg, args.stats, args.inception_weights, args.batch_size),
+                  image_shape=_shape_or_rgb(cfg), device=_device(args))
+
+
+def stats_job(args) -> StatsJob:
+    from .features import extractor_weights
+
+    cfg = load_config(args.config, args.overrides)
+    source = Path(args.source) if args.source else None
+    if source is not None and not source.is_dir():
+        raise UserError(f"--source folder not found: {source}")
+    name = get(cfg, "FID", "extractor", "inception")
+    return StatsJob(out=check_output_file(Path(args.out)), extractor=name,
+                    extractor_weights=extractor_weights(name, args.inception_weights or
+                                                        get(cfg, "FID", "extractor_weights")),
+                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "FID", "batch_size", 200))),
+                    image_shape=_shape_or_rgb(cfg), source=source, dataset=dict(cfg.get("Dataset", {})),
+                    split=args.split or get(cfg, "Dataset", "split", "train"), device=_device(args))
+
+
+def ablate_job(args) -> AblateJob:
+    cfg = load_config(args.config, args.overrides)
+    schedule = schedule_of(cfg)
+    convention = _convention(args, cfg)
+    methods = _split(args.methods or get(cfg, "FID", "methods", "DDIM,S-PNDM,F-PNDM"), "--methods")
+    steps_list = _split(args.steps or get(cfg, "FID", "steps", "10,20,50"), "--steps", int)
+    seeds = [nonnegative("--seeds", s) for s in _split(args.seeds or get(cfg, "FID", "seeds", "0"), "--seeds", int)]
+    cells = []
+    for method in methods:
+        for steps in steps_list:
+            cell = _sampling(method, steps, convention, schedule)
+            if cell not in cells:  # an adaptive method is one cell whatever the steps
+                cells.append(cell)
+    num = pick(args.num_samples, get(cfg, "FID", "num_samples"))
+    if num is None:
+        raise ArgumentError("no sample count: pass --num-samples or set FID.num_samples")
+    return AblateJob(
+        config=cfg, out=check_output_folder(Path(args.out)), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
+        schedule=schedule, model=_model(args, cfg), fid=_fid_spec(cfg, args.stats, args.inception_weights, None),
+        num_samples=positive("--num-samples", num),
+        batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
+        reference_samples=positive("--reference-samples",
+                                   pick(args.reference_samples, get(cfg, "FID", "reference_samples", 64))),
+        image_shape=image_shape(cfg), device=_device(args),
+        noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
+
+
+def train_job(args) -> TrainJob:
+    from .training import resolve_settings
+
+    cfg = load_config(args.config, args.overrides)
+    _check_model(cfg)
+    return TrainJob(config=cfg, settings=resolve_settings(cfg, args.max_steps),
+                    workdir=check_output_folder(Path(args.workdir), "--workdir"), resume=bool(args.resume),
+                    device=_device(args))
+
+
+def _device(args):
+    return str(resolve_device(args.device)) if args.device else None
+
+
+def run(args) -> None:
+    """Build the command's job (every check), then run it."""
+    apply_threads(args.threads)
+    if args.command == "sample":
+        from .sampling import run_sample_job
+
+        run_sample_job(sample_job(args))
+    elif args.command == "fid":
+        from .evaluate import run_fid_job
+
+        run_fid_job(fid_job(args))
+    elif args.command == "stats":
+        from .evaluate import run_stats_job
+
+        run_stats_job(stats_job(args))
+    elif args.command == "ablate":
+        from .ablate import run_ablation
+
+        run_ablation(ablate_job(args))
+    elif args.command == "train":
+        from .training import run_training
+
+        run_training(train_job(args))
+    else:
+        raise AssertionError(args.command)
+
+
+def interrupted_hint(args) -> str:
+    """What to do after Ctrl-C, true to what is on disk."""
+    if args.command != "train":
+        return "rerun the same command to continue where it stopped"
+    from .training import LAST
+
+    if (Path(args.workdir) / "checkpoints" / LAST).is_file():
+        return "add --resume to the same command to continue from its last checkpoint"
+    return "no checkpoint was written yet: rerun the same command to start again"

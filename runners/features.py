@@ -1,0 +1,180 @@
+"""Feature networks for FID and reading images for them.
+
+Features are computed from uint8 images exactly as the PNG files hold them. Two extractors: pytorch-fid's
+InceptionV3 (the TF-FID weights, 2048-d pool3, the paper's FID) and the digits demo's classifier (128-d). Statistics
+record which extractor produced them, and FIDs across extractors are refused: they are not comparable numbers.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .errors import DatasetError, MissingFileError, UserError
+
+INCEPTION = "inception-v3-pool3"
+DIGITS = "digits-classifier-128"
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+EXTRACTORS = {"inception": INCEPTION, "digits": DIGITS}  # config name → the name statistics record
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class InceptionExtractor:
+    """pytorch-fid's InceptionV3 (the TF-FID weights), 2048-d pool3 features; uint8 NCHW in, float64 out."""
+
+    name, dims = INCEPTION, 2048
+
+    def __init__(self, device="cpu", weights: Optional[str] = None):
+        from pytorch_fid.inception import InceptionV3
+
+        with _hub_dir_holding(weights):
+            try:
+                self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+            except Exception as e:  # torch.load / load_state_dict on a file that is not these weights
+                raise UserError(f"cannot load the FID Inception weights {weights or inception_weights_path()}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device).float() / 255.0
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return self.net(x)[0].flatten(1).double().cpu()
+
+
+class DigitsExtractor:
+    """The digits demo's classifier (models/digits_classifier.py), 128-d penultimate features."""
+
+    name, dims = DIGITS, 128
+
+    def __init__(self, device="cpu", weights: Optional[str] = None):
+        from models.digits_classifier import DigitsClassifier
+
+        self.net = DigitsClassifier()
+        try:
+            self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise UserError(f"cannot load the digits classifier weights {weights}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        self.net.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1:] != (1, 8, 8):
+            raise DatasetError(f"the digits extractor takes 1×8×8 images, got {tuple(images.shape[1:])}")
+        return self.net.features(images.to(self.device)).double().cpu()
+
+
+def inception_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+
+
+def extractor_weights(name: str, weights: Optional[str]) -> Optional[str]:
+    """The weights file extractor ``name`` will load, checked to exist (before any long job starts)."""
+    if name not in EXTRACTORS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown FID.extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    if name == "inception":
+        if weights is None:
+            if not inception_weights_path().is_file():
+                raise MissingFileError(
+                    f"the FID Inception weights are not available offline: put {FID_WEIGHTS_FILE} (from "
+                    f"pytorch-fid's release 'fid_weights') at {inception_weights_path()}, or pass "
+                    f"--inception-weights PATH")
+            return str(inception_weights_path())
+        if not Path(weights).is_file():
+            raise MissingFileError(f"Inception weights not found: {weights}")
+        return str(weights)
+    if weights is None or not Path(weights).is_file():
+        raise MissingFileError(f"digits classifier weights not found: {weights} (set FID.extractor_weights; "
+                               f"scripts/train_digits_classifier.py makes them)")
+    return str(weights)
+
+
+def build_extractor(name: str, weights: Optional[str], device):
+    """The feature network ``name`` ('inception' or 'digits') with ``weights`` (checked by extractor_weights)."""
+    weights = extractor_weights(name, weights)
+    if name == "inception":
+        cached = weights == str(inception_weights_path())
+        return InceptionExtractor(device, None if cached else weights)
+    return DigitsExtractor(device, weights)
+
+
+class _hub_dir_holding:
+    """Point torch.hub at a temporary folder whose checkpoint is the user's weights file (pytorch-fid loads
+    its weights through torch.hub); restore the previous folder afterwards."""
+
+    def __init__(self, weights: Optional[str]):
+        self.weights, self.old, self.tmp = weights, None, None
+
+    def __enter__(self):
+        if self.weights is not None:
+            self.old = torch.hub.get_dir()
+            self.tmp = tempfile.TemporaryDirectory()
+            (Path(self.tmp.name) / "checkpoints").mkdir()
+            os.symlink(Path(self.weights).resolve(), Path(self.tmp.name) / "checkpoints" / FID_WEIGHTS_FILE)
+            torch.hub.set_dir(self.tmp.name)
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            torch.hub.set_dir(self.old)
+            self.tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# images
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and
+                  not p.name.startswith("."))
+
+
+def read_image(path: Path, channels: int, size: Optional[int] = None) -> np.ndarray:
+    """An image file as a CHW uint8 array with ``channels`` channels (1 = grayscale, 3 = RGB); a file that is not a
+    readable image, or not ``size``×``size``, is a DatasetError naming it."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    if size is not None and array.shape[:2] != (size, size):
+        raise DatasetError(f"{path} is {array.shape[1]}×{array.shape[0]} pixels; the config's images are "
+                           f"{size}×{size}")
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def extract_features(extractor: Callable, batches: Iterable[torch.Tensor], total: Optional[int] = None,
+                     progress: bool = True) -> np.ndarray:
+    feats = []
+    with tqdm(total=total, desc="features", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in batches:
+            feats.append(extractor(batch).numpy())
+            bar.update(len(batch))
+    if not feats:
+        raise DatasetError("no images to compute features of")
+    return np.concatenate(feats).astype(np.float64)
+
+
+def image_features(paths: list, extractor, channels: int, size: Optional[int] = None, batch_size: int = 200,
+                   progress: bool = True) -> np.ndarray:
+    """Features of the image files at ``paths``, read as the files hold them (uint8)."""
+    if not paths:
+        raise DatasetError("no images to read")
+
+    def batches():
+        for lo in range(0, len(paths), batch_size):
+            yield torch.from_numpy(np.stack([read_image(p, channels, size) for p in paths[lo:lo + batch_size]]))
+
+    return extract_features(extractor, batches(), len(paths), progress)

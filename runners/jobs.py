@@ -1,0 +1,136 @@
+"""Jobs as typed values. The CLI (``runners/cli.py``) turns flags + the validated config into one of these, once,
+after every check; a job never reads argparse or goes back to the config for a setting (it carries the config
+only to record it next to its results).
+
+A job's *identity* is every setting that changes its numbers: two runs with equal identities write the same
+files, and a folder holding results of another identity is refused instead of being mixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from samplers import NoiseSchedule
+
+from .setup import ModelSpec
+
+
+@dataclass(frozen=True)
+class FidSpec:
+    """How samples are scored: the reference statistics and the feature network that must match them."""
+
+    stats_path: str
+    stats_sha256: str
+    reference: dict  # loaded and validated statistics (see fid.load_stats)
+    extractor: str  # 'inception' | 'digits'
+    extractor_weights: Optional[str]
+    extractor_sha256: Optional[str]
+    batch_size: int
+
+    def identity(self) -> dict:
+        return {"stats_sha256": self.stats_sha256, "extractor": self.extractor,
+                "extractor_sha256": self.extractor_sha256}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One sampler setting: the validated plan's method name, steps, convention and η."""
+
+    method: str
+    steps: Optional[int]
+    convention: str
+    eta: Optional[float] = None
+    nfe: Optional[int] = None  # known in advance except for adaptive methods
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """``main.py sample``: images 0..num_samples−1 of one sampler setting into ``out``."""
+
+    config: dict
+    out: Path
+    sampling: Sampling
+    schedule: NoiseSchedule
+    model: ModelSpec
+    num_samples: int
+    seed: int
+    batch_size: int
+    image_shape: tuple
+    device: Optional[str] = None
+    fid: Optional[FidSpec] = None
+
+    def identity(self) -> dict:
+        """What must match for two runs to write the same images (batch size and sample count excluded)."""
+        cfg = self.config
+        return {
+            "method": self.sampling.method, "steps": self.sampling.steps, "convention": self.sampling.convention,
+            "eta": self.sampling.eta, "seed": self.seed, "precision": self.model.precision,
+            "image_shape": list(self.image_shape), "checkpoint_sha256": self.model.checkpoint_sha256,
+            "Schedule": cfg.get("Schedule", {}),
+            "Model": {k: v for k, v in cfg.get("Model", {}).items() if k != "ckpt"},
+        }
+
+
+@dataclass(frozen=True)
+class FidJob:
+    """``main.py fid``: the FID of a folder of images."""
+
+    samples: Path
+    fid: FidSpec
+    image_shape: tuple
+    device: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StatsJob:
+    """``main.py stats``: reference statistics of an image folder or a dataset split."""
+
+    out: Path
+    extractor: str
+    extractor_weights: Optional[str]
+    batch_size: int
+    image_shape: tuple
+    source: Optional[Path] = None  # an image folder, or None for the dataset below
+    dataset: Optional[dict] = None  # the config's Dataset section
+    split: str = "train"
+    device: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AblateJob:
+    """``main.py ablate``: every (sampler setting, seed) cell sampled into its own folder and scored."""
+
+    config: dict
+    out: Path
+    cells: tuple  # of Sampling, in table order
+    seeds: tuple
+    schedule: NoiseSchedule
+    model: ModelSpec
+    fid: FidSpec
+    num_samples: int
+    batch_size: int
+    reference_samples: int
+    image_shape: tuple
+    noise_floor_split: Optional[str] = None  # the dataset split whose real images give the noise floor
+    device: Optional[str] = None
+
+    def cell_dir(self, cell: Sampling, seed: int) -> Path:
+        name = cell.method if cell.steps is None else f"{cell.method}-{cell.steps}"
+        return self.out / name / f"seed{seed}"
+
+    def sample_job(self, cell: Sampling, seed: int) -> SampleJob:
+        return SampleJob(config=self.config, out=self.cell_dir(cell, seed), sampling=cell,
+                         schedule=self.schedule, model=self.model, num_samples=self.num_samples, seed=seed,
+                         batch_size=self.batch_size, image_shape=self.image_shape, device=self.device)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """``main.py train``: train (or resume) in ``workdir``; ``settings`` are the resolved Train/Optim values."""
+
+    config: dict
+    settings: object  # runners.training.settings.Settings
+    workdir: Path
+    resume: bool = False
+    device: Optional[str] = None

@@ -1,0 +1,233 @@
+"""``run_training(job)``: check everything, take the workdir, then step until the run length is reached, saving
+a checkpoint every ``Train.snapshot_freq`` steps (and at the end)."""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import get, save_config
+from ..distributed import session
+from ..errors import ConfigError
+from ..files import owned_folder
+from ..jobs import TrainJob
+from ..setup import schedule_of
+from .data import epoch_loader, to_model_space, training_dataset
+from .loss import diffusion_loss, lr_at, step_draws
+from .preview import SampleGrid, write_grid
+from .rng import forked, seed_step, step_generator
+from .settings import Settings, check_model_config, effective_config
+from .state import CHECKPOINTS, EMA_FILE, LAST, DivergedError, TrainState, WorkdirCheckpoint
+
+CONFIG = "config.yml"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the run covers, fixed before it starts."""
+
+    dataset: Dataset
+    schedule: object  # samplers.NoiseSchedule
+    shape: tuple[int, int, int]
+    per_step: int  # images per optimiser step, all ranks together
+    steps_per_epoch: int
+    total: int  # the step to stop at
+    config: dict  # the effective config (W/config.yml, and the checkpoint's)
+
+
+def run_training(job: TrainJob) -> dict:
+    """``main.py train``: train (or resume) in ``job.workdir``. Returns a summary dict (final step, epoch,
+    position, the logged (step, loss) pairs and the workdir). The caller's global RNG state is left as it was."""
+    cfg, s, workdir = job.config, job.settings, Path(job.workdir)
+    # everything that can be wrong is checked before anything is written
+    channels, size = check_model_config(cfg)
+    schedule = schedule_of(cfg)
+    dataset = training_dataset(cfg, channels, size)
+    found = WorkdirCheckpoint.read(workdir, job.resume)
+    with session(job.device) as dist, forked(dist.device):
+        say = functools.partial(_say, dist)
+        plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world)
+        train = TrainState.create(cfg, s, dist.device, dist.rank)
+        if found.state is not None:
+            train.restore(found.state, cfg=plan.config, settings=s, dist=dist, say=say)
+            train.next_epoch_if_used_up(plan.per_step, len(dataset))  # the batch or world size changed
+            if train.step >= plan.total:
+                say(f"{workdir} is already at step {train.step} of {plan.total}: nothing to do (raise --max-steps "
+                    "to train further)")
+                return _summary(train, [], workdir)
+        with owned_folder(workdir, bookkeeping=(CONFIG,), enabled=dist.is_main) as own:
+            if dist.is_main:
+                found.check_unchanged()
+                save_config(plan.config, workdir / CONFIG)
+            own.keep = train.saved_at is not None  # a resumed run's folder is worth keeping from the start
+            history = _train(job, plan, train, dist, own, say)
+    return _summary(train, history, workdir)
+
+
+def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int) -> RunPlan:
+    per_step = s.batch_size * world
+    steps_per_epoch = len(dataset) // per_step
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one step's {s.batch_size} × {world} "
+                          "process(es)")
+    total = s.max_steps if s.max_steps is not None else s.epochs * steps_per_epoch
+    return RunPlan(dataset, schedule, shape, per_step, steps_per_epoch, total, effective_config(cfg, s, total))
+
+
+def _train(job: TrainJob, plan: RunPlan, train: TrainState, dist, own, say) -> list[tuple[int, float]]:
+    """The optimiser steps from ``train.step`` to ``plan.total``; the logged (step, loss) pairs."""
+    s, device, workdir = job.settings, dist.device, Path(job.workdir)
+    net = train.model
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    alphas_cumprod = torch.from_numpy(np.array(plan.schedule.alphas_cumprod)).to(device)
+    gen = step_generator(device)
+    monitor = _Monitor(job, plan, train, dist, say)
+    net.train()
+    try:
+        while train.step < plan.total:
+            for images, _ in epoch_loader(plan.dataset, seed=s.seed, epoch=train.epoch, position=train.position,
+                                          batch=s.batch_size, world=dist.world, rank=dist.rank,
+                                          num_workers=s.num_workers, pin_memory=device.type == "cuda"):
+                seed_step(gen, s.seed, train.step, dist.rank)
+                x0 = to_model_space(images.to(device, non_blocking=True))
+                x0, t, noise = step_draws(x0, gen, plan.schedule.T, s.random_flip)
+                lr = lr_at(train.step, s.lr, s.warmup)
+                loss, grad_norm = _optimise(net, train, x0, t, noise, alphas_cumprod, s, lr)
+                train.advance(plan.per_step, len(plan.dataset))
+                monitor.log(train, loss, lr, grad_norm)
+                if train.step % s.snapshot_freq == 0 or train.step == plan.total:
+                    own.keep = True
+                    train.save(workdir / CHECKPOINTS, settings=s, cfg=plan.config, dist=dist)
+                monitor.preview(train)
+                if train.step >= plan.total:
+                    break
+    except KeyboardInterrupt:
+        say(_interrupted(train, workdir))
+        raise
+    finally:
+        monitor.close()
+    if train.saved_at != train.step:
+        own.keep = True
+        train.save(workdir / CHECKPOINTS, settings=s, cfg=plan.config, dist=dist)
+    dist.barrier()
+    note = f"; EMA weights: {workdir / CHECKPOINTS / EMA_FILE}" if train.ema is not None else ""
+    say(f"done at step {train.step} (epoch {train.epoch}); checkpoint {workdir / CHECKPOINTS / LAST}{note}")
+    return monitor.history
+
+
+def _optimise(net: nn.Module, train: TrainState, x0, t, noise, alphas_cumprod, s: Settings, lr: float):
+    """One Adam step on the loss of (x0, t, noise), with clipping and the EMA update; (loss, grad norm)."""
+    for group in train.optimizer.param_groups:
+        group["lr"] = lr
+    loss = diffusion_loss(net, x0, t, noise, alphas_cumprod, s.loss_type)
+    train.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(net.parameters(), s.grad_clip) if s.grad_clip > 0 else None
+    train.optimizer.step()
+    if train.ema is not None:
+        train.ema.update(net)
+    return loss.detach(), grad_norm
+
+
+class _Monitor:
+    """The loss averaged over ``log_freq`` steps and all ranks, TensorBoard, the progress bar, preview grids."""
+
+    def __init__(self, job: TrainJob, plan: RunPlan, train: TrainState, dist, say):
+        from tqdm.auto import tqdm
+
+        from models.ema import unwrap
+
+        s, self.dist, self.say, self.workdir = job.settings, dist, say, Path(job.workdir)
+        self.log_freq, self.sample_freq, self.total = s.log_freq, s.sample_freq, plan.total
+        self.writer = self.grid = None
+        if dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events of an interrupted run from this step on (all of them for a fresh run)
+            self.writer = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=train.step)
+            if s.sample_freq:
+                self.grid = SampleGrid(job.config, plan.schedule, plan.shape, s.seed, dist.device)
+        self.history: list[tuple[int, float]] = []
+        self.window_sum, self.window_n = torch.zeros((), device=dist.device), 0
+        n_params = sum(p.numel() for p in train.model.parameters())
+        say(f"{'resuming at' if train.saved_at is not None else 'training from'} step {train.step} → {plan.total}: "
+            f"{type(unwrap(train.model)).__name__} ({n_params / 1e6:.2f}M parameters), "
+            f"{get(job.config, 'Dataset', 'dataset')} ({len(plan.dataset)} images, {plan.steps_per_epoch} "
+            f"steps/epoch), batch {s.batch_size} × {dist.world} process(es), {s.loss_type} loss, on "
+            f"{dist.device}; workdir {self.workdir}")
+        self.bar = tqdm(total=plan.total, initial=train.step, disable=not dist.is_main, dynamic_ncols=True,
+                        desc="train")
+
+    def log(self, train: TrainState, loss: torch.Tensor, lr: float, grad_norm) -> None:
+        self.window_sum += loss
+        self.window_n += 1
+        self.bar.update(1)
+        step = train.step
+        if step % self.log_freq and step != self.total:
+            return
+        value = _mean_over_ranks(self.window_sum / self.window_n, self.dist.world)
+        self.window_sum.zero_()
+        self.window_n = 0
+        if not math.isfinite(value):
+            saved = (f"the last checkpoint (step {train.saved_at}) is in {self.workdir / CHECKPOINTS}"
+                     if train.saved_at is not None else "no checkpoint was written")
+            raise DivergedError(f"the training loss became {value} by step {step}; {saved}")
+        self.history.append((step, value))
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", value, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            if grad_norm is not None:
+                self.writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            self.bar.set_postfix(loss=f"{value:.4g}", epoch=train.epoch)
+
+    def preview(self, train: TrainState) -> None:
+        if self.grid is None or train.step % self.sample_freq:
+            return
+        from models.ema import unwrap
+
+        weights = train.ema.shadow if train.ema is not None else unwrap(train.model).state_dict()
+        write_grid(self.grid, weights, "ema" if train.ema is not None else "model", self.writer, self.workdir,
+                   train.step, self.say)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _interrupted(train: TrainState, workdir: Path) -> str:
+    """What Ctrl-C leaves on disk, truly."""
+    if train.saved_at is None:
+        return f"\ninterrupted at step {train.step}, before this run's first checkpoint: nothing was saved"
+    return (f"\ninterrupted at step {train.step}; the last checkpoint (step {train.saved_at}) is "
+            f"{workdir / CHECKPOINTS / LAST}: continue with --resume")
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        import torch.distributed as tdist
+
+        value = value.detach().clone().float()
+        tdist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _say(dist, message: str) -> None:
+    if dist.is_main:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def _summary(train: TrainState, history: list, workdir: Path) -> dict:
+    return {"step": train.step, "epoch": train.epoch, "position": train.position, "losses": history,
+            "workdir": str(workdir)}

@@ -1,0 +1,147 @@
+"""What training reads from the config, checked once: ``Settings`` (Train/Optim/Dataset values with defaults
+filled in), the model's shape, the config recorded in the workdir, and which config changes break a resume.
+
+Every failure is a ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..config import get
+from ..errors import ConfigError
+
+LOSS_TYPES = ("linear", "square")
+
+# Keys whose change on --resume does not affect the trajectory (run length, logging, paths).
+RESUME_FREE = {
+    "Train": {"max_steps", "epoch", "snapshot_freq", "sample_freq", "log_freq"},
+    "Dataset": {"root", "num_workers", "download"},
+    "Model": {"ckpt"},
+}
+RESUME_FREE_SECTIONS = {"Sample", "FID"}
+RESUME_FIXED_SECTIONS = ("Model", "Schedule")  # a change here makes the checkpoint a different model
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the training loop reads from the config, validated and with defaults filled in."""
+
+    seed: int
+    batch_size: int  # per process: under torchrun with N processes a step sees N × batch_size images
+    loss_type: str
+    ema: bool
+    ema_rate: float
+    lr: float
+    beta1: float
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+    grad_clip: float  # 0 = no clipping
+    warmup: int  # linear lr warm-up steps, 0 = none
+    max_steps: Optional[int]  # --max-steps, else Train.max_steps; None → from Train.epoch
+    epochs: Optional[int]
+    snapshot_freq: int
+    sample_freq: int  # 0 = never
+    log_freq: int
+    random_flip: bool
+    num_workers: int
+
+
+def _nonnegative(name: str, value, allow_zero: bool = True):
+    if value is None:
+        return value
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'≥ 0' if allow_zero else '≥ 1'}, got {value}")
+    return value
+
+
+def resolve_settings(cfg: dict, max_steps: Optional[int] = None) -> Settings:
+    """Read and check the Train/Optim/Dataset keys training uses (raises ConfigError naming the key)."""
+    loss_type = get(cfg, "Train", "loss_type", "linear")
+    if loss_type not in LOSS_TYPES:
+        raise ConfigError(f"Train.loss_type {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    optimizer = str(get(cfg, "Optim", "optimizer", "adam")).lower()
+    if optimizer != "adam":
+        raise ConfigError(f"Optim.optimizer {optimizer!r}: only 'adam' (the released configs' choice) is supported")
+    batch = get(cfg, "Train", "batch_size") or get(cfg, "Dataset", "batch_size")
+    if batch is None:
+        raise ConfigError("config needs Train.batch_size (or Dataset.batch_size): the batch of one process")
+    _nonnegative("batch_size", batch, allow_zero=False)
+    for key in ("logit_transform", "uniform_dequantization", "gaussian_dequantization"):
+        if get(cfg, "Dataset", key, False):
+            raise ConfigError(f"Dataset.{key}: true is not supported by this trainer (it trains on x/127.5 − 1)")
+    if get(cfg, "Dataset", "rescaled", True) is False:
+        raise ConfigError("Dataset.rescaled: false is not supported: models are trained on images in [-1, 1]")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
+    steps = max_steps if max_steps is not None else get(cfg, "Train", "max_steps")
+    epochs = get(cfg, "Train", "epoch")
+    if steps is None and epochs is None:
+        raise ConfigError("no run length: pass --max-steps or set Train.max_steps or Train.epoch")
+    _nonnegative("Train.max_steps", steps, allow_zero=False)
+    _nonnegative("Train.epoch", epochs, allow_zero=False)
+    ema = get(cfg, "Train", "ema", get(cfg, "Model", "ema", True))
+    rate = get(cfg, "Train", "ema_rate", get(cfg, "Model", "ema_rate", 0.9999))
+    if ema and not 0.0 <= rate < 1.0:
+        raise ConfigError(f"Train.ema_rate must lie in [0, 1), got {rate}")
+    seed = get(cfg, "Train", "seed", 0)
+    lr = get(cfg, "Optim", "lr", 2e-4)
+    if not lr > 0:
+        raise ConfigError(f"Optim.lr must be > 0, got {lr}")
+    return Settings(
+        seed=_nonnegative("Train.seed", seed), batch_size=int(batch), loss_type=loss_type, ema=bool(ema),
+        ema_rate=float(rate), lr=float(lr), beta1=float(get(cfg, "Optim", "beta1", 0.9)),
+        eps=float(get(cfg, "Optim", "eps", 1e-8)),
+        weight_decay=_nonnegative("Optim.weight_decay", float(get(cfg, "Optim", "weight_decay", 0.0))),
+        amsgrad=bool(get(cfg, "Optim", "amsgrad", False)),
+        grad_clip=_nonnegative("Optim.grad_clip", float(get(cfg, "Optim", "grad_clip", 0.0) or 0.0)),
+        warmup=_nonnegative("Optim.warmup", int(get(cfg, "Optim", "warmup", 0) or 0)),
+        max_steps=steps, epochs=epochs,
+        snapshot_freq=_nonnegative("Train.snapshot_freq", get(cfg, "Train", "snapshot_freq", 5000), False),
+        sample_freq=_nonnegative("Train.sample_freq", get(cfg, "Train", "sample_freq", 0) or 0),
+        log_freq=_nonnegative("Train.log_freq", get(cfg, "Train", "log_freq", 50), False),
+        random_flip=bool(get(cfg, "Dataset", "random_flip", False)),
+        num_workers=_nonnegative("Dataset.num_workers", get(cfg, "Dataset", "num_workers", 0)),
+    )
+
+
+def check_model_config(cfg: dict) -> tuple[int, int]:
+    """(channels, image size) of the model; refuses models whose output is not ε (learned-σ iDDPM)."""
+    model = cfg.get("Model") or {}
+    iddpm = str(model.get("struc", "")).lower() == "iddpm"
+    channels = model.get("in_channels", 3)
+    out = model.get("out_channels" if iddpm else "out_ch", channels)
+    if out != channels:
+        raise ConfigError(f"Model.{'out_channels' if iddpm else 'out_ch'}={out} but in_channels={channels}: "
+                          "this trainer fits ε only; learned-σ models need the hybrid VLB loss, which it lacks")
+    size = model.get("image_size")
+    if size is None:
+        raise ConfigError("config needs Model.image_size")
+    return int(channels), int(size)
+
+
+def effective_config(cfg: dict, s: Settings, total_steps: int) -> dict:
+    """The config with the resolved training values written into Train (what W/config.yml records)."""
+    out = copy.deepcopy(cfg)
+    train = out.setdefault("Train", {})
+    train.update({"loss_type": s.loss_type, "batch_size": s.batch_size, "max_steps": total_steps, "ema": s.ema,
+                  "ema_rate": s.ema_rate, "snapshot_freq": s.snapshot_freq, "sample_freq": s.sample_freq,
+                  "log_freq": s.log_freq, "seed": s.seed})
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(Section.key, old, new) for every key that differs and matters for the trajectory."""
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        if section in RESUME_FREE_SECTIONS:
+            continue
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if key in RESUME_FREE.get(section, ()):
+                continue
+            if a.get(key) != b.get(key):
+                changes.append((f"{section}.{key}", a.get(key), b.get(key)))
+    return changes
