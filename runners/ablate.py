@@ -21,9 +21,9 @@ from samplers import get_method, sample
 
 from .distributed import session
 from .evaluate import fid_of_sample_folder, load_extractor
-from .files import owned_folder, read_json, write_json_atomic
+from .files import as_json, owned_folder, read_json, write_json_atomic
 from .jobs import AblateJob, Sampling
-from .sampling import check_folder, initial_noise, read_json_roundtrip, sample_into
+from .sampling import check_folder, initial_noise, sample_into
 from .setup import load_eps
 from .tables import write_results
 
@@ -33,7 +33,7 @@ REFERENCE = "iPNDM over every integer timestep from the cell's start"
 
 def cell_identity(job: AblateJob, cell: Sampling, seed: int) -> dict:
     """Everything that changes a cell's numbers."""
-    return read_json_roundtrip({
+    return as_json({
         "samples": {**job.sample_job(cell, seed).identity(), "num_samples": job.num_samples},
         "score": {**job.fid.identity(), "reference": REFERENCE, "reference_samples": job.reference_samples},
     })

@@ -33,27 +33,35 @@ def _split(text, name: str, cast=str) -> list:
 
 
 def _check_model(cfg: dict) -> None:
-    """Build the config's network on the meta device (no memory): a bad Model section is a config error here,
-    not a traceback after the job has started."""
+    """Build the config's network on the meta device (no memory, no arithmetic) and run it on one image of the
+    config's shape: a bad Model section, an image size the network cannot take, or an output that is not ε-shaped
+    is a config error here, not a traceback after the job has started."""
     import torch
 
     from models import build_model
 
+    shape = image_shape(cfg)
     try:
         with torch.device("meta"):
-            build_model(cfg)
+            out = build_model(cfg)(torch.empty(1, *shape), torch.zeros(1))
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"Model: {e}") from None
+    except RuntimeError as e:
+        raise ConfigError(f"Model: the network cannot run on {shape[0]}×{shape[1]}×{shape[2]} images "
+                          f"({str(e).splitlines()[0]})") from None
+    if tuple(out.shape[1:]) != shape:
+        raise ConfigError(f"Model: the network returns {tuple(out.shape[1:])} for {shape} images; ε must have the "
+                          f"input's shape (check out_ch / out_channels against in_channels)")
 
 
 def _fid_spec(cfg: dict, stats, weights, batch_size) -> FidSpec:
     from .features import EXTRACTORS, extractor_weights
     from .fid import check_compatible, load_stats
 
-    stats = stats or get(cfg, "FID", "stats", required=True)
+    stats = pick(stats, get(cfg, "FID", "stats", required=stats is None))
     reference = load_stats(stats)
     name = get(cfg, "FID", "extractor", "inception")
-    weights = extractor_weights(name, weights or get(cfg, "FID", "extractor_weights"))
+    weights = extractor_weights(name, pick(weights, get(cfg, "FID", "extractor_weights")))
     check_compatible(reference, EXTRACTORS[name])
     return FidSpec(stats_path=str(stats), stats_sha256=sha256_file(stats), reference=reference, extractor=name,
                    extractor_weights=weights, extractor_sha256=sha256_file(weights),
@@ -77,15 +85,15 @@ def _sampling(method: str, steps, convention: str, schedule, eta=None, explicit_
 
 def _model(args, cfg: dict):
     _check_model(cfg)
-    return model_spec(cfg, args.ckpt or get(cfg, "Model", "ckpt"), args.trust_checkpoint,
-                      args.precision or get(cfg, "Sample", "precision", "fp32"),
+    return model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint,
+                      pick(args.precision, get(cfg, "Sample", "precision", "fp32")),
                       bool(args.compile or get(cfg, "Sample", "compile", False)))
 
 
 def _convention(args, cfg: dict) -> str:
     from samplers import CONVENTIONS
 
-    convention = str(args.convention or get(cfg, "Sample", "convention", "standard")).lower()
+    convention = str(pick(args.convention, get(cfg, "Sample", "convention", "standard"))).lower()
     if convention not in CONVENTIONS:
         raise ArgumentError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     return convention
@@ -98,25 +106,28 @@ def _shape_or_rgb(cfg: dict) -> tuple:
 
 def sample_job(args) -> SampleJob:
     cfg = load_config(args.config, args.overrides)
-    method = args.method or get(cfg, "Sample", "method")
+    method = pick(args.method, get(cfg, "Sample", "method"))
     if method is None:
         raise ArgumentError("no method: pass --method or set Sample.method")
     schedule = schedule_of(cfg)
     sampling = _sampling(method, pick(args.steps, get(cfg, "Sample", "steps")), _convention(args, cfg), schedule,
                          args.eta, explicit_steps=args.steps is not None)
-    return SampleJob(
-        config=cfg, out=check_output_folder(Path(args.out)), sampling=sampling, schedule=schedule,
+    job = SampleJob(
+        config=cfg, out=check_output_folder(args.out), sampling=sampling, schedule=schedule,
         model=_model(args, cfg), seed=nonnegative("--seed", pick(args.seed, get(cfg, "Sample", "seed", 0))),
         num_samples=positive("--num-samples", pick(args.num_samples, get(cfg, "Sample", "total_num"))),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         image_shape=image_shape(cfg), device=_device(args),
         fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if args.fid else None)
+    if job.fid is not None and job.num_samples < 2:
+        raise ArgumentError(f"--fid needs at least 2 samples, got --num-samples {job.num_samples}")
+    return job
 
 
 def fid_job(args) -> FidJob:
     cfg = load_config(args.config, args.overrides)
     folder = Path(args.samples)
-    if not folder.is_dir():
+    if not args.samples.strip() or not folder.is_dir():
         raise UserError(f"samples folder not found: {folder}")
     return FidJob(samples=folder, fid=_fid_spec(cfg, args.stats, args.inception_weights, args.batch_size),
                   image_shape=_shape_or_rgb(cfg), device=_device(args))
@@ -126,25 +137,27 @@ def stats_job(args) -> StatsJob:
     from .features import extractor_weights
 
     cfg = load_config(args.config, args.overrides)
-    source = Path(args.source) if args.source else None
+    source = Path(args.source) if args.source is not None else None
+    if args.source is not None and not args.source.strip():
+        raise UserError("--source is empty; name an image folder")
     if source is not None and not source.is_dir():
         raise UserError(f"--source folder not found: {source}")
     name = get(cfg, "FID", "extractor", "inception")
-    return StatsJob(out=check_output_file(Path(args.out)), extractor=name,
-                    extractor_weights=extractor_weights(name, args.inception_weights or
-                                                        get(cfg, "FID", "extractor_weights")),
+    return StatsJob(out=check_output_file(args.out), extractor=name,
+                    extractor_weights=extractor_weights(name, pick(args.inception_weights,
+                                                             get(cfg, "FID", "extractor_weights"))),
                     batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "FID", "batch_size", 200))),
                     image_shape=_shape_or_rgb(cfg), source=source, dataset=dict(cfg.get("Dataset", {})),
-                    split=args.split or get(cfg, "Dataset", "split", "train"), device=_device(args))
+                    split=pick(args.split, get(cfg, "Dataset", "split", "train")), device=_device(args))
 
 
 def ablate_job(args) -> AblateJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
     convention = _convention(args, cfg)
-    methods = _split(args.methods or get(cfg, "FID", "methods", "DDIM,S-PNDM,F-PNDM"), "--methods")
-    steps_list = _split(args.steps or get(cfg, "FID", "steps", "10,20,50"), "--steps", int)
-    seeds = [nonnegative("--seeds", s) for s in _split(args.seeds or get(cfg, "FID", "seeds", "0"), "--seeds", int)]
+    methods = _split(pick(args.methods, get(cfg, "FID", "methods", "DDIM,S-PNDM,F-PNDM")), "--methods")
+    steps_list = _split(pick(args.steps, get(cfg, "FID", "steps", "10,20,50")), "--steps", int)
+    seeds = [nonnegative("--seeds", s) for s in _split(pick(args.seeds, get(cfg, "FID", "seeds", "0")), "--seeds", int)]
     cells = []
     for method in methods:
         for steps in steps_list:
@@ -154,8 +167,10 @@ def ablate_job(args) -> AblateJob:
     num = pick(args.num_samples, get(cfg, "FID", "num_samples"))
     if num is None:
         raise ArgumentError("no sample count: pass --num-samples or set FID.num_samples")
+    if num < 2:
+        raise ArgumentError(f"--num-samples must be at least 2 for a FID, got {num}")
     return AblateJob(
-        config=cfg, out=check_output_folder(Path(args.out)), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
+        config=cfg, out=check_output_folder(args.out), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
         schedule=schedule, model=_model(args, cfg), fid=_fid_spec(cfg, args.stats, args.inception_weights, None),
         num_samples=positive("--num-samples", num),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
@@ -171,7 +186,7 @@ def train_job(args) -> TrainJob:
     cfg = load_config(args.config, args.overrides)
     _check_model(cfg)
     return TrainJob(config=cfg, settings=resolve_settings(cfg, args.max_steps),
-                    workdir=check_output_folder(Path(args.workdir), "--workdir"), resume=bool(args.resume),
+                    workdir=check_output_folder(args.workdir, "--workdir"), resume=bool(args.resume),
                     device=_device(args))
 
 

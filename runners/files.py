@@ -89,6 +89,11 @@ def remove_stale_temporaries(folder: Path, recursive: bool = True) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def as_json(data: Any) -> Any:
+    """``data`` as it reads back from a JSON file (tuples become lists, paths strings): for comparing with one."""
+    return json.loads(json.dumps(data, default=str))
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``, or {} when the file is missing or unreadable."""
     try:
@@ -100,6 +105,8 @@ def read_json(path: Path) -> dict:
 
 def check_output_folder(folder: Path, flag: str = "--out") -> Path:
     """Refuse an output folder that cannot be one (an existing file, an unwritable parent), before any work."""
+    if not str(folder).strip():
+        raise OutputError(f"{flag} is empty; name an output folder")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{flag} {folder} is a file, not a folder")
@@ -115,6 +122,8 @@ def check_output_folder(folder: Path, flag: str = "--out") -> Path:
 
 def check_output_file(path: Path, flag: str = "--out") -> Path:
     """Refuse an output file path that is a folder or sits in an unwritable place, before any work."""
+    if not str(path).strip():
+        raise OutputError(f"{flag} is empty; name an output file")
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'stats.npz'})")

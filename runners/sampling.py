@@ -20,7 +20,7 @@ from samplers import sample
 from .distributed import Dist, session
 from .errors import ModelOutputError, OutputError
 from .features import list_images
-from .files import owned_folder, read_json, write_json_atomic
+from .files import as_json, owned_folder, read_json, write_json_atomic
 from .images import sample_path, to_uint8, write_png
 from .jobs import SampleJob
 from .seeds import derive_seed
@@ -78,7 +78,7 @@ def check_folder(out_dir: Path, job: SampleJob) -> bool:
         if present:
             raise OutputError(f"{manifest} is unreadable; choose another --out")
         return False
-    mine = read_json_roundtrip(job.identity())
+    mine = as_json(job.identity())
     theirs = old.get("identity", {})
     if theirs != mine and present:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -88,13 +88,6 @@ def check_folder(out_dir: Path, job: SampleJob) -> bool:
         raise OutputError(f"{out_dir} holds {old['num_samples']} samples, more than --num-samples "
                           f"{job.num_samples}; choose another --out")
     return present
-
-
-def read_json_roundtrip(data: dict) -> dict:
-    """``data`` as it reads back from JSON (tuples become lists), for comparing with a file."""
-    import json
-
-    return json.loads(json.dumps(data, default=str))
 
 
 def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: str, seconds: float = 0.0) -> None:

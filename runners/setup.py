@@ -113,7 +113,10 @@ def default_threads() -> int:
 
 
 def apply_threads(threads: Optional[int]) -> int:
-    """Set torch's intra-op threads (``--threads``, else ``default_threads()``); returns the number used."""
+    """Set torch's intra-op threads: ``--threads``, else OMP_NUM_THREADS when the user set it, else
+    ``default_threads()``; returns the number used."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
     n = default_threads() if threads is None else positive("--threads", threads)
     torch.set_num_threads(n)
     return n

@@ -181,8 +181,8 @@ def _build_grid(m: Method, schedule: NoiseSchedule, steps, timesteps, convention
 def _plan(m: Method, convention: str, schedule: NoiseSchedule, steps, timesteps, eta) -> Plan:
     if eta is not None and m.name.split("@")[0] != "DDIM":
         raise ValueError(f"eta applies to DDIM only, not {m.name}")
-    if eta is not None and not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta is not None and not 0 <= eta < float("inf"):
+        raise ValueError(f"eta must be >= 0 and finite, got {eta}")
     if m.adaptive:
         if steps is not None or timesteps is not None:
             raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")

@@ -4,9 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from main import main
 from runners.tables import results_markdown
+
+from .conftest import REPO
 
 
 def test_ablation_grid_end_to_end_and_resume(tiny, tmp_path, capsys):
@@ -41,3 +44,48 @@ def test_paired_gap_and_spread_in_markdown():
     md = results_markdown(rows)
     assert "11.00 ± 1.41 (10)" in md  # mean ± sd over seeds, NFE
     assert "-3.50 ± 0.71" in md  # paired gaps −3 and −4
+
+
+def test_rms_and_noise_floor_equal_independent_computations(tiny, tmp_path, capsys):
+    """The cell's RMS to the reference solution and the noise floor, recomputed here from their definitions with
+    the libraries directly (not through the runner)."""
+    import re
+
+    import torch
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from sklearn.datasets import load_digits
+
+    from models import load_model
+    from models.digits_classifier import DigitsClassifier
+    from samplers import NoiseSchedule, sample
+
+    cfg, ckpt = tiny
+    out = tmp_path / "abl"
+    assert main(["ablate", "--config", str(cfg), "--methods", "S-PNDM", "--steps", "3", "--num-samples", "40",
+                 "--batch-size", "40", "--reference-samples", "6", "--set", "FID.noise_floor=true", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    row = next(csv.DictReader(open(out / "results.csv")))
+
+    # RMS: the first 6 samples' noise is sample i's own SeedSequence((seed, i, 0)) stream
+    def seed_of(i):
+        a, b = np.random.SeedSequence([0, i, 0]).generate_state(2, np.uint32)
+        return int((int(a) << 31) ^ int(b))
+
+    x_T = torch.stack([torch.randn((1, 8, 8), generator=torch.Generator().manual_seed(seed_of(i))) for i in range(6)])
+    model, schedule = load_model(yaml.safe_load(cfg.read_text()), ckpt), NoiseSchedule("linear")
+    with torch.no_grad():
+        x0 = sample(model, x_T, schedule, "S-PNDM", steps=3)  # standard grid 666, 333, 0 → starts at t = 666
+        exact = sample(model, x_T, schedule, "iPNDM@paper", steps=667)  # every integer t from 666 down to 0
+    assert float(row["rms"]) == pytest.approx(float(((x0.double() - exact.double()) ** 2).mean().sqrt()), rel=1e-5)
+
+    # noise floor: 40 real digits drawn with replacement by torch.randint(seed 0), classifier features, FID
+    digits = torch.from_numpy(np.rint(load_digits().images * (255 / 16)).astype(np.uint8))[:, None]
+    idx = torch.randint(len(digits), (40,), generator=torch.Generator().manual_seed(0))
+    net = DigitsClassifier()
+    net.load_state_dict(torch.load(REPO / "models/weights/digits_classifier.pt", weights_only=True))
+    with torch.no_grad():
+        f = net.eval().features(digits[idx]).double().numpy()
+    ref = np.load(REPO / "models/weights/digits_fid_stats.npz")
+    floor = calculate_frechet_distance(f.mean(0), np.cov(f, rowvar=False), ref["mu"], ref["sigma"])
+    shown = float(re.search(r"score FID ([0-9.]+)", (out / "results.md").read_text()).group(1))
+    assert shown == pytest.approx(floor, abs=0.006)  # results.md rounds to 2 decimals

@@ -42,6 +42,13 @@ def env(tmp_path_factory):
     folder_with("garbage_png", lambda p: p.write_bytes(b"not a png at all"))
     folder_with("truncated_png", lambda p: p.write_bytes(p.read_bytes()[:30]))
     folder_with("big_png", lambda p: Image.fromarray(np.zeros((16, 16), np.uint8)).save(p))
+    (root / "empty").mkdir()
+    paths["empty"] = root / "empty"
+    unfinished = root / "unfinished"
+    shutil.copytree(done, unfinished)
+    manifest = json.loads((unfinished / "manifest.json").read_text())
+    (unfinished / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    paths["unfinished"] = unfinished
     one = root / "one_image"
     one.mkdir()
     shutil.copy(done / "000000.png", one / "000000.png")
@@ -88,13 +95,26 @@ CASES = [
     # arguments checked before --out is touched
     Case("negative eta", S + ["--eta", "-1"], 2, "eta must be >= 0"),
     Case("eta on another method", S + ["--method", "F-PNDM", "--eta", "0.5"], 2, "eta applies to DDIM only"),
+    Case("infinite eta", S + ["--eta", "inf"], 2, "eta must be >= 0 and finite"),
     Case("negative seed", S + ["--seed", "-3"], 2, "--seed must be at least 0"),
+    Case("zero steps", S + ["--steps", "0"], 2, "steps must be at least 1"),
+    Case("too many steps", S + ["--steps", "1001"], 2, "exceeds the schedule's 1000 timesteps"),
+    Case("unknown spacing", S + ["--method", "DDIM@nonsense"], 2, "unknown spacing 'nonsense'"),
+    Case("schedule out of range", S + ["--set", "Schedule.beta_end=2"], 2, "Schedule: betas must lie in (0, 1)"),
+    Case("one-step schedule", S + ["--set", "Schedule.diffusion_step=1"], 2, "Schedule: num_timesteps"),
+    Case("unknown extractor", S + ["--fid", "--set", "FID.extractor=clip"], 2, "unknown FID.extractor 'clip'"),
+    Case("FID of one sample", S[:-2] + ["--num-samples", "1", "--fid"], 2, "--fid needs at least 2 samples"),
+    Case("empty out", S[:-4] + ["--out", "", "--num-samples", "4"], 2, "--out is empty", absent=[]),
+    Case("device without a backend", S + ["--device", "mps"], 2, "--device mps"),
     Case("zero batch", S + ["--batch-size", "0"], 2, "--batch-size must be at least 1"),
     Case("zero threads", S + ["--threads", "0"], 2, "--threads must be at least 1"),
     Case("PF with steps", S + ["--method", "PF", "--steps", "5"], 2, "takes no --steps"),
     Case("malformed --set", S + ["--set", "Model.ch_mult=[1,"], 2, "not valid YAML"),
     Case("--set without value", S + ["--set", "Model.ch"], 2, "expected Section.key=value"),
     Case("bad Model section", S + ["--set", "Model.struc=UNet3D"], 2, "unsupported Model.struc"),
+    Case("image size the network cannot take", S + ["--set", "Model.image_size=7", "--set", "Dataset.image_size=7"],
+         2, "cannot run on 1×7×7 images"),
+    Case("output that is not ε-shaped", S + ["--set", "Model.out_ch=2"], 2, "ε must have the input's shape"),
     Case("device that is no device", S + ["--device", "gpu0"], 2, "not a device name"),
     Case("device not here", S + ["--device", "cuda:7"], 2, "--device cuda:7"),
     Case("trusted garbage checkpoint", S + ["--ckpt", "{garbage}", "--trust-checkpoint"], 2, "garbage.bin"),
@@ -125,6 +145,11 @@ CASES = [
     Case("fid: no sigma", F + ["--samples", "{done}", "--stats", "{no_sigma}"], 2, "no 'mu'/'sigma'", absent=[]),
     Case("fid: statistics not an npz", F + ["--samples", "{done}", "--stats", "{garbage}"], 2,
          "cannot read statistics", absent=[]),
+    Case("fid: statistics are a folder", F + ["--samples", "{done}", "--stats", "{root}"], 2, "is a folder",
+         absent=[]),
+    Case("fid: empty folder", F + ["--samples", "{empty}"], 2, "no images in", absent=[]),
+    Case("fid: unfinished run", F + ["--samples", "{unfinished}"], 2, "unfinished sampling run", absent=[]),
+    Case("fid: missing folder", F + ["--samples", "{root}/none"], 2, "samples folder not found", absent=[]),
     Case("fid: zero batch", F + ["--samples", "{done}", "--batch-size", "0"], 2, "--batch-size must be at least 1",
          absent=[]),
     Case("fid: bad extractor weights", F + ["--samples", "{done}", "--set", "FID.extractor_weights={garbage}"], 2,
@@ -142,6 +167,8 @@ CASES = [
          "--reference-samples must be at least 1"),
     Case("ablate: zero reference samples", A + ["--reference-samples", "0"], 2,
          "--reference-samples must be at least 1"),
+    Case("ablate: one sample", A[:-4] + ["--num-samples", "1", "--steps", "2", "--methods", "DDIM"], 2,
+         "at least 2 for a FID"),
     Case("ablate: negative seed", A + ["--seeds", "0,-1"], 2, "--seeds must be at least 0"),
     Case("ablate: unknown method", A[:-2] + ["--methods", "DDIM,RK9"], 2, "unknown method 'RK9'"),
 ]
