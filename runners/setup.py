@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -98,18 +99,33 @@ def resolve_device(name: Optional[str]) -> torch.device:
     raise ArgumentError(f"--device {name}: no {device.type} device is available here; use cpu or cuda")
 
 
+def busy_cores(interval: float = 0.1) -> float:
+    """How many cores other processes keep busy right now: the machine's non-idle share of CPU time over
+    ``interval`` seconds (Linux /proc/stat), times the core count; else the 1-minute load average."""
+    def ticks():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        (total0, idle0), _ = ticks(), time.sleep(interval)
+        total1, idle1 = ticks()
+        return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return 0.0
+
+
 def default_threads() -> int:
     """CPU threads for torch: the cores this process may use, shared among torchrun's local processes, minus
-    the cores other processes are keeping busy right now (1-minute load average). Torch's default takes every
-    core, and when the machine is shared its threads wait on each other: on a busy 2-core machine a batch of 7
-    digits took 676 ms per network call with 2 threads and 6 ms with 1."""
+    the cores other processes are keeping busy at the start. Torch's default takes every core, and when the
+    machine is shared its threads wait on each other: on a busy 2-core machine a batch of 7 digits took 676 ms
+    per network call with 2 threads and 6 ms with 1 (scripts/bench_threads.py)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, math.floor(cores - busy + 0.5)))
+    return max(1, min(cores, math.floor(cores - busy_cores() + 0.5)))
 
 
 def apply_threads(threads: Optional[int]) -> int:

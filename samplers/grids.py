@@ -106,7 +106,7 @@ def spaced_grid(schedule: NoiseSchedule, steps: int, spacing: str, rho: float = 
     * ``uniform``: equal steps in t;  ``quadratic``: t ∝ (1 − i/N)², dense near the data (DDIM's "quad");
       ``power1.5``: t ∝ (1 − i/N)^1.5, between the two — on the analytic mixtures the most accurate grid for
       UniPC-3 at 10–20 steps and for iPNDM at 50, on both the benchmark's mixtures and 7 held-out ones
-      (docs/FRONTIER.md);
+      (docs/FRONTIER_READING.md);
     * ``logsnr``: equal steps in λ = log(sqrt(ā/(1−ā)));  ``karras``: σ = sqrt((1−ā)/ā) spaced as
       (σ_max^{1/ρ} + i/(N−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ with ρ = 7 (Karras et al. 2022).
     """

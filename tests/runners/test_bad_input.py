@@ -123,6 +123,8 @@ CASES = [
          absent=[]),
     Case("out cannot be created", S[:-4] + ["--out", "/proc/pndm-no-such/out", "--num-samples", "4"], 2,
          "cannot create", absent=[]),
+    Case("out is read-only", S[:-4] + ["--out", "/sys/kernel", "--num-samples", "4"], 2, "cannot write to /sys/kernel",
+         absent=[]),  # sysfs refuses new files even to root
     Case("stats missing before sampling", S + ["--fid", "--stats", "{root}/none.npz"], 2,
          "statistics file not found"),
     Case("extractor weights missing before sampling",
@@ -156,6 +158,8 @@ CASES = [
          "cannot load the digits classifier weights", absent=[]),
     # stats
     Case("stats: out is a folder", T + ["--source", "{done}", "--out", "{root}"], 2, "is a folder", absent=[]),
+    Case("stats: read-only place", T + ["--source", "{done}", "--out", "/sys/kernel/stats.npz"], 2,
+         "cannot write to /sys/kernel/stats.npz", absent=[]),
     Case("stats: garbage PNG", T + ["--source", "{garbage_png}", "--out", "{out}"], 2, "cannot read image"),
     Case("stats: one image", T + ["--source", "{one_image}", "--out", "{out}"], 2, "at least 2 images"),
     Case("stats: zero batch", T + ["--source", "{done}", "--out", "{out}", "--batch-size", "0"], 2,

@@ -1,14 +1,13 @@
-"""scripts/bench_frontier.py: a small run writes its table and plot; its digits FID equals the runner's FID."""
+"""scripts/bench_frontier.py over runners.frontier: a small run writes its table and plot; its digits FID equals
+the runner's FID."""
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from runners.frontier import FLIP, DigitsFID, analytic_table, diffusers_configs, parse_seeds, seed_text
 from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import bench_frontier  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -23,6 +22,7 @@ def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path, kind):
     ours, theirs, ratio = float(row.split("|")[3]), float(row.split("|")[6]), row.split("**")[1]
     assert f"{ours / theirs:.2f}×" == ratio
     assert "### Median RMSE over the mixtures" in text and f"{kind} schedule" in text
+    assert "[FRONTIER_READING.md](FRONTIER_READING.md)" in text and "## Reading" not in text  # linked, not spliced
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
 
@@ -35,7 +35,7 @@ def test_analytic_rows_are_the_per_mixture_errors_of_separate_runs():
 
     schedule = NoiseSchedule("linear")
     mixtures, batch = [3, 11, 4], 6
-    rows = bench_frontier.analytic_table([5], mixtures, batch, schedule)
+    rows = analytic_table([5], mixtures, batch, schedule)
     row = next(r for r in rows if r["side"] == "ours" and r["name"] == "S-PNDM@power1.5")  # 3 flips here
     errs, flips = [], 0
     for seed in mixtures:
@@ -43,15 +43,15 @@ def test_analytic_rows_are_the_per_mixture_errors_of_separate_runs():
         x_T = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
         diff = sample(gm, x_T, schedule, "S-PNDM@power1.5", steps=4) - gm.flow_endpoint(x_T, schedule.alpha_bar(999))
         errs.append(diff.pow(2).mean().sqrt().item())
-        flips += int((diff.pow(2).flatten(1).mean(1).sqrt() > bench_frontier.FLIP).sum())
+        flips += int((diff.pow(2).flatten(1).mean(1).sqrt() > FLIP).sum())
     assert np.isclose(row["rmse"], np.mean(errs), rtol=1e-6) and np.isclose(row["median"], np.median(errs), rtol=1e-6)
     assert row["flips"] == flips > 0 and row["steps"] == 4 and row["nfe"] == 5  # S-PNDM's first step costs 2
     assert any(r["side"] == "diffusers" for r in rows)
 
 
 def test_mixture_seeds_parse_ranges_and_lists():
-    assert bench_frontier.parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
-    assert bench_frontier.seed_text(range(64)) == "0–63" and bench_frontier.seed_text([1, 5]) == "1, 5"
+    assert parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
+    assert seed_text(range(64)) == "0–63" and seed_text([1, 5]) == "1, 5"
 
 
 def test_digits_fid_is_the_runners_fid_of_the_same_samples():
@@ -60,7 +60,7 @@ def test_digits_fid_is_the_runners_fid_of_the_same_samples():
     from runners.images import to_uint8
     from samplers import sample
 
-    fid = bench_frontier.DigitsFID(200)
+    fid = DigitsFID(200)
     row = dict(side="ours", name="DDIM", steps=10)
     x0 = sample(fid.model, fid.x_T, fid.schedule, "DDIM", steps=10)
     by_hand = fid_from_features(fid.extractor(to_uint8(x0)).numpy(), fid.reference, fid.extractor.name)
@@ -74,5 +74,5 @@ def test_diffusers_side_uses_the_benchmarks_schedule(kind):
     from samplers import NoiseSchedule
 
     ours = NoiseSchedule(kind).alphas_cumprod
-    for label, factory in bench_frontier.diffusers_configs(kind)[::9]:
+    for label, factory in diffusers_configs(kind)[::9]:
         np.testing.assert_allclose(factory().alphas_cumprod.numpy(), ours, atol=1e-6, rtol=0, err_msg=label)

@@ -7,20 +7,15 @@ import pytest
 import torch
 
 from models import GaussianMixture
+from runners.frontier.diffusers_side import run_scheduler
 from samplers import NoiseSchedule, sample
 
 SCHEDULE = NoiseSchedule("linear")
 
 
-def run_diffusers(scheduler, model, x, steps, generator=None, **step_kwargs):
-    scheduler.set_timesteps(steps)
-    for t in scheduler.timesteps:
-        eps = model(x, torch.full((x.shape[0],), float(t)))
-        kw = dict(step_kwargs)
-        if generator is not None:
-            kw["generator"] = generator
-        x = scheduler.step(eps, int(t), x, **kw).prev_sample
-    return x
+def run_diffusers(scheduler, model, x, steps, **step_kwargs):
+    """x0 of the shared diffusers driver (runners.frontier.diffusers_side.run_scheduler)."""
+    return run_scheduler(scheduler, model, x, steps, **step_kwargs)[0]
 
 
 @pytest.fixture(scope="module")

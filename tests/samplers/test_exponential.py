@@ -27,6 +27,7 @@ import torch
 from scipy.integrate import quad
 
 from models import GaussianMixture
+from runners.frontier.diffusers_side import run_scheduler
 from samplers import NoiseSchedule
 from samplers.exponential import _G, _dpm_solver_pp, _g, _phi, deis, dpm_solver_pp, unipc, variable_step_adams
 from samplers.grids import make_grid
@@ -96,12 +97,10 @@ def x_T(n=4, dtype=torch.float64):
 
 
 def run_diffusers(scheduler, model, steps):
-    """diffusers' trajectory in float32: (its timesteps, [x after each step])."""
-    scheduler.set_timesteps(steps)
-    x, states = x_T(dtype=torch.float32), []
-    for t in scheduler.timesteps:
-        x = scheduler.step(eps_of(model)(x, float(t)), t, x).prev_sample
-        states.append(x)
+    """diffusers' trajectory in float32 (the shared driver, runners.frontier.diffusers_side.run_scheduler): (its
+    timesteps, [x after each step])."""
+    states = []
+    run_scheduler(scheduler, model, x_T(dtype=torch.float32), steps, callback=lambda t, x: states.append(x))
     return [float(t) for t in scheduler.timesteps], states
 
 
@@ -198,10 +197,8 @@ def test_cosine_schedule_from_t_max_matches_diffusers_in_float64(name, order, va
     sched.set_timesteps(10)
     sched.sigmas = sched.sigmas.double()
     assert float(sched.timesteps[0]) == 999
-    x, theirs = x_T(), []
-    for t in sched.timesteps:
-        x = sched.step(eps_of(model)(x, float(t)), t, x).prev_sample
-        theirs.append(x)
+    theirs = []
+    run_scheduler(sched, model, x_T(), callback=lambda t, x: theirs.append(x))  # timesteps set above
     ours = []
     method(name, order, variant)(eps_of(model), on([float(t) for t in sched.timesteps] + [0.0],
                                                    functools.partial(schedule.alpha_bar, convention="standard")),
