@@ -7,7 +7,6 @@ Held-out split: every 5th image is a test image (the rest train, with ±1 pixel 
 accuracy; the weights are written atomically.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.digits_classifier import DigitsClassifier  # noqa: E402
 from runners.datasets import digits_images  # noqa: E402
+from runners.files import save_torch_atomic  # noqa: E402
 
 
 def shift(batch: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -56,10 +56,7 @@ def main():
     with torch.no_grad():
         acc = (net(xte).argmax(1) == yte).float().mean().item()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, out)
+    save_torch_atomic(net.state_dict(), out)
     print(f"test accuracy {100 * acc:.2f} % on {int(test.sum())} held-out digits; weights → {out}")
 
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from ..files import write_atomic
 from .analytic import FLIP, PAPER_METHODS_TABLE
 
 READING = "FRONTIER_READING.md"  # hand-written, next to the report; linked from it, never regenerated
@@ -187,7 +188,7 @@ def _style(ax, xlabel, ylabel):
 
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=120, format="png"))
 
 
 def plot_fid(final, budgets, path):
@@ -274,5 +275,5 @@ def plot_accuracy(rows, path, methods=PAPER_METHODS_TABLE):
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=120, format="png"))
     print(f"\nplot: {path}")

@@ -10,6 +10,7 @@ import torch
 
 from samplers import NoiseSchedule
 
+from ..files import write_text_atomic
 from .analytic import accuracy_table, analytic_table
 from .fid_screen import fid_table
 from .overhead import overhead_table
@@ -54,8 +55,8 @@ def run_frontier(budgets, mixtures, batch, schedule_kind, out, *, skip_fid=False
     if fid_final:
         plot_fid(fid_final, budgets, out.with_name("frontier_fid.png"))
     settings = dict(screen=screen_samples, final=fid_samples, k=fid_top)
-    out.write_text(markdown(rows, budgets, mixtures, batch, schedule.kind, fid_screen, fid_final, fid_spread,
-                            settings, time.time() - start))
+    write_text_atomic(out, markdown(rows, budgets, mixtures, batch, schedule.kind, fid_screen, fid_final,
+                                    fid_spread, settings, time.time() - start))
     print(f"wrote {out} and {out.with_name('frontier.png')}")
     return out
 

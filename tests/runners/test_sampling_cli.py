@@ -266,3 +266,11 @@ def test_compile_reaches_torch_compile_and_changes_no_image(tiny, tmp_path, monk
     assert sample(cfg, tmp_path / "compiled", "--num-samples", 3, *extra) == 0
     assert len(compiled) == 1
     assert files_of(tmp_path / "plain") == files_of(tmp_path / "compiled")
+
+
+def test_eta_is_accepted_wherever_sample_accepts_it(tiny, tmp_path):
+    """The CLI's --eta check is samplers.plan's: DDIM on any spacing takes η, like sample() does."""
+    cfg, _ = tiny
+    assert sample(cfg, tmp_path / "q", "--num-samples", 2, "--method", "DDIM@quadratic", "--steps", 4,
+                  "--eta", 0.5) == 0
+    assert json.loads((tmp_path / "q" / "manifest.json").read_text())["identity"]["eta"] == 0.5
