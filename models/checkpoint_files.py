@@ -75,16 +75,30 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+        if not _looks_pickled(path):  # text, random bytes: no point in suggesting trust
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)") from None
         if not trust_pickle:
             raise UntrustedCheckpointError(
                 f"{path} holds pickled Python objects besides tensors and loading it could run arbitrary code; "
-                "if you trust its source, load it with trust_pickle=True") from None
+                "if you trust its source, load it with trust_pickle=True (main.py: --trust-checkpoint)") from None
     except Exception as err:
         raise _unreadable(path, err) from None
     try:  # the weights-only reader also refuses plain garbage, which the full unpickler then chokes on
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise _unreadable(path, err) from None
+
+
+def _looks_pickled(path: Path) -> bool:
+    """Whether the file could be a checkpoint at all: torch's zip format, or a pickle (protocol 2+ starts with 0x80)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(1)
+    except OSError:
+        return False
+    return first == b"\x80" or zipfile.is_zipfile(path)
 
 
 def _read_weights_file(path: Path, trust_pickle: bool) -> Any:

@@ -77,6 +77,18 @@ def _pil_to_uint8(transform=None):
     return f
 
 
+# the splits each dataset has; DIGITS and FOLDER are one split holding every image
+SPLITS = {"CIFAR10": ("train", "test"), "CELEBA": ("train", "valid", "test", "all"), "LSUN": ("train", "val"),
+          "DIGITS": ("train",), "FOLDER": ("train",)}
+
+
+def _check_split(name: str, split: str) -> None:
+    """Refuse a split the dataset does not have (silently reading another split would give wrong statistics)."""
+    splits = SPLITS.get("LSUN" if name.startswith("LSUN") else name)
+    if splits is not None and split not in splits:
+        raise DatasetError(f"Dataset {name} has no split {split!r}; choose one of {', '.join(splits)}")
+
+
 def image_dataset(cfg: dict, split: str = "train") -> Dataset:
     """The config's dataset as uint8 images. ``split`` is 'train' or 'test' (CelebA also 'valid')."""
     from torchvision import transforms
@@ -87,6 +99,7 @@ def image_dataset(cfg: dict, split: str = "train") -> Dataset:
     download = bool(section.get("download", False))
     size = section.get("image_size")
     hint = "set Dataset.root to the folder that holds it, or --set Dataset.download=true to fetch it"
+    _check_split(name, split)
     if name == "DIGITS":
         return TensorImages(digits_images())
     if name == "FOLDER":
@@ -118,7 +131,7 @@ def image_dataset(cfg: dict, split: str = "train") -> Dataset:
         category = {"church": "church_outdoor"}.get(category, category)
         resize = transforms.Compose([transforms.Resize(size or 256), transforms.CenterCrop(size or 256)])
         try:
-            base = LSUN(str(root), classes=[f"{category}_{'train' if split == 'train' else 'val'}"])
+            base = LSUN(str(root), classes=[f"{category}_{split}"])
         except ImportError:
             raise DatasetError("LSUN needs the optional 'lmdb' package: pip install lmdb") from None
         except Exception:
