@@ -40,6 +40,13 @@ SCHEMA: dict[str, dict[str, str]] = {
         "model_channels": "int", "out_channels": "int", "attention_resolutions": "list[int]",
         "channel_mult": "list[int]", "dims": "int", "conv_resample": "bool", "use_scale_shift_norm": "bool",
         "use_checkpoint": "bool", "num_heads": "int", "num_heads_upsample": "int", "rescale_timesteps": "bool",
+        # score-SDE's DDPM (struc PF) and NCSN++ (struc PF_deep)
+        "nf": "int", "num_channels": "int", "nonlinearity": "str", "conditional": "bool", "centered": "bool",
+        "skip_rescale": "bool", "resblock_type": "str", "progressive": "str", "progressive_input": "str",
+        "embedding_type": "str", "init_scale": "float", "combine_method": "str", "fir": "bool",
+        "fir_kernel": "list[int]", "continuous": "bool", "fourier_scale": "float", "scale_by_sigma": "bool",
+        "normalization": "str", "sigma_min": "float", "sigma_max": "float", "num_scales": "int",
+        "beta_min": "float", "beta_max": "float",
         # where the weights are
         "ckpt": "path",
     },

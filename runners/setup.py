@@ -33,12 +33,13 @@ def schedule_of(cfg: dict) -> NoiseSchedule:
 def image_shape(cfg: dict) -> tuple[int, int, int]:
     """(channels, size, size) of the model's images; Model and Dataset must agree where both say."""
     model, data = cfg.get("Model", {}), cfg.get("Dataset", {})
-    channels = model.get("in_channels", data.get("channels"))
+    channels = model.get("in_channels", model.get("num_channels", data.get("channels")))  # num_channels: score-SDE
     size = model.get("image_size", data.get("image_size"))
     if channels is None or size is None:
         raise ConfigError("the config needs Model.in_channels and Model.image_size (or Dataset.channels and "
                           "Dataset.image_size)")
-    for key, model_key, ours in (("image_size", "image_size", size), ("channels", "in_channels", channels)):
+    channel_key = "in_channels" if "in_channels" in model or "num_channels" not in model else "num_channels"
+    for key, model_key, ours in (("image_size", "image_size", size), ("channels", channel_key, channels)):
         theirs = data.get(key)
         if theirs is not None and theirs != ours:
             raise ConfigError(f"Model and Dataset disagree: {model_key}={ours} but Dataset.{key}={theirs}")

@@ -111,7 +111,7 @@ def check_model_config(cfg: dict) -> tuple[int, int]:
     """(channels, image size) of the model; refuses models whose output is not ε (learned-σ iDDPM)."""
     model = cfg.get("Model") or {}
     iddpm = str(model.get("struc", "")).lower() == "iddpm"
-    channels = model.get("in_channels", 3)
+    channels = model.get("in_channels", model.get("num_channels", 3))  # score-SDE networks say num_channels
     out = model.get("out_channels" if iddpm else "out_ch", channels)
     if out != channels:
         raise ConfigError(f"Model.{'out_channels' if iddpm else 'out_ch'}={out} but in_channels={channels}: "
