@@ -163,7 +163,8 @@ def run_sample_job(job: SampleJob) -> dict:
         manifest = sample_into(job, eps, dist)
         if dist.is_main:
             s = job.sampling
-            print(f"{manifest['num_samples']} samples in {job.out} ({s.method}, {s.steps} steps, NFE {manifest['nfe']})")
+            print(f"{manifest['num_samples']} samples in {job.out} ({s.method}, {s.steps} steps, "
+                  f"NFE {manifest['nfe']})")
             if job.fid is not None:
                 fid_of_sample_folder(Path(job.out), job.fid, extractor, job.image_shape, write=True)
     return manifest

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""UNet throughput: images/s of ε(x, t) for the CIFAR-10 DDPM UNet at each precision of the inference fast path,
-against the plain float32 eager model measured in the same process, with each one's deviation from it.
+"""Network throughput: images/s of ε(x, t) for a released network (default: the CIFAR-10 DDPM UNet) at each
+precision of the inference fast path, against the plain float32 eager model measured in the same process, with
+each one's deviation from it.
 
     python scripts/bench_unet.py                       # random weights, batch 8, fp32/bf16/fp16
     python scripts/bench_unet.py --compile --batch 64 --checkpoint ~/ckpt/ddim_cifar10.ckpt
+    python scripts/bench_unet.py --model cifar10_pf_deep --batch 8   # NCSN++ (DDPM++ cont. deep), 106.6M
 
 Precisions the device cannot run are listed as skipped. Timings on a shared machine are noisy: the baseline and
 the fast paths are measured in rounds that alternate, and the median round is reported.
@@ -50,16 +52,22 @@ def main() -> None:
     parser.add_argument("--layouts", default="auto",
                         help="comma-separated memory layouts of the fast path: auto (channels-last on the CPU only), "
                              "channels_last, contiguous")
-    parser.add_argument("--checkpoint", help="CIFAR-10 checkpoint (any format load_model reads)")
+    parser.add_argument("--model", default="cifar10",
+                        help="a layout of configs/ (cifar10, cifar10_iddpm, cifar10_pf, cifar10_pf_deep, celeba, …)")
+    parser.add_argument("--checkpoint", help="a checkpoint of that layout (any format load_model reads)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    config = known_model_configs()["cifar10"]
+    layouts_known = known_model_configs()
+    if args.model not in layouts_known:
+        parser.error(f"--model {args.model!r}: choose one of {', '.join(sorted(layouts_known))}")
+    config = layouts_known[args.model]
     model = load_model(config, args.checkpoint) if args.checkpoint else build_model(config).eval()
     model = model.to(device)
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    channels = config.get("in_channels", config.get("num_channels", 3))
+    x = torch.randn(args.batch, channels, config["image_size"], config["image_size"], device=device)
     t = torch.linspace(10.5, 990.5, args.batch, device=device)
 
     def baseline(x_, t_):
@@ -98,7 +106,9 @@ def main() -> None:
     base = seconds["fp32 eager (baseline)"]
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"\n## CIFAR-10 DDPM UNet (35.7M parameters), batch {args.batch}, {device} ({gpu}), "
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"\n## {args.model}: {type(model).__name__} ({params:.1f}M parameters), batch {args.batch}, {device} "
+          f"({gpu}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads\n")
     print("| path | images/s | × baseline | relative ε deviation |")
     print("|---|---|---|---|")
