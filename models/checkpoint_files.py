@@ -5,9 +5,14 @@ Formats recognised (detected from the content, not the file name):
 - DDIM's training list `[state_dict, optimizer, epoch, step, ema_shadow]` (its CelebA file) — the EMA shadow
   is used when present;
 - this project's training dict `{'model': sd, 'ema': sd, ...}` — 'ema' preferred;
+- score-SDE's `checkpoint_N.pth` `{'model': sd, 'ema': {'decay', 'num_updates', 'shadow_params'}, 'optimizer',
+  'step'}` — the EMA shadow is a list of tensors in the order of the network's trainable parameters, so it is
+  named only once the model is built (`Checkpoint.ema_shadow`, resolved in `load_model`); its unused `sigmas`
+  buffer is dropped;
 - a diffusers `UNet2DModel` directory (config.json + diffusion_pytorch_model.safetensors / .bin), or a
   pipeline directory holding one under `unet/`; diffusers-named keys in a plain file are translated too.
 Prefixes left by DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) are stripped.
+The layouts known are those of configs/*.yml: the DDPM UNet, the iDDPM UNet and score-SDE's networks (PF).
 
 Files are read with `torch.load(weights_only=True)` (or safetensors): nothing is unpickled that could run code.
 A file that needs full unpickling is refused unless the caller passes `trust_pickle=True`. Whatever a file
@@ -22,7 +27,7 @@ from __future__ import annotations
 import functools
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -37,8 +42,8 @@ from .diffusers_format import (
 from .errors import CheckpointError, CheckpointNotFoundError, UntrustedCheckpointError
 from .factory import build_model, known_model_configs
 
-__all__ = ["CheckpointError", "CheckpointNotFoundError", "UntrustedCheckpointError", "identify_layout",
-           "load_model", "read_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "UntrustedCheckpointError",
+           "identify_layout", "load_model", "read_checkpoint"]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN_KEYS = 3
@@ -76,7 +81,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         if "weights only" not in str(err).lower():
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
         if not _looks_pickled(path):  # text, random bytes: no point in suggesting trust
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)") from None
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a "
+                                  "pickle)") from None
         if not trust_pickle:
             raise UntrustedCheckpointError(
                 f"{path} holds pickled Python objects besides tensors and loading it could run arbitrary code; "
@@ -112,20 +118,45 @@ def _read_weights_file(path: Path, trust_pickle: bool) -> Any:
     return _torch_load(path, trust_pickle)
 
 
-def _unwrap(obj: Any, source: Path) -> tuple[Mapping[str, torch.Tensor], str]:
+class Checkpoint(NamedTuple):
+    """What a checkpoint file holds: the weights by key, a description of the format, and — for score-SDE's
+    training checkpoint only — the EMA shadow as the unnamed list it stores (`state` then holds the raw
+    weights, which supply the names, the buffers and any parameter that is not trained)."""
+
+    state: dict[str, torch.Tensor]
+    format: str
+    ema_shadow: list[torch.Tensor] | None = None
+
+
+def _score_sde_shadow(obj: Any) -> list[torch.Tensor] | None:
+    """The EMA `shadow_params` list of a score-SDE training checkpoint, or None when `obj` is not one."""
+    if not (isinstance(obj, Mapping) and _is_tensor_dict(obj.get("model")) and isinstance(obj.get("ema"), Mapping)):
+        return None
+    shadow = obj["ema"].get("shadow_params")
+    if isinstance(shadow, (list, tuple)) and shadow and all(isinstance(t, torch.Tensor) for t in shadow):
+        return list(shadow)
+    return None
+
+
+def _unwrap(obj: Any, source: Path) -> Checkpoint:
     """The weights inside a loaded object, and a description of the container they came from."""
     if _is_tensor_dict(obj):
-        return obj, "state dict"
+        return Checkpoint(obj, "state dict")
     if isinstance(obj, (list, tuple)) and obj and _is_tensor_dict(obj[0]):
         if len(obj) >= 5 and _is_tensor_dict(obj[4]):
-            return obj[4], "DDIM training list, EMA shadow (item 4)"
-        return obj[0], f"DDIM training list of {len(obj)} items without an EMA shadow, raw weights (item 0)"
+            return Checkpoint(obj[4], "DDIM training list, EMA shadow (item 4)")
+        return Checkpoint(obj[0], f"DDIM training list of {len(obj)} items without an EMA shadow, raw weights "
+                                  "(item 0)")
+    shadow = _score_sde_shadow(obj)
+    if shadow is not None:
+        return Checkpoint(obj["model"], f"score-SDE training checkpoint, EMA shadow_params ({len(shadow)} "
+                                        "tensors)", shadow)
     if isinstance(obj, Mapping):
         for key, desc in (("ema", "training dict, 'ema' weights"),
                           ("model", "training dict, 'model' weights (no 'ema' entry)"),
                           ("state_dict", "dict with a 'state_dict' entry")):
             if _is_tensor_dict(obj.get(key)):
-                return obj[key], desc
+                return Checkpoint(obj[key], desc)
         keys = ", ".join(map(str, list(obj)[:8]))
         raise CheckpointError(f"{source}: unrecognised checkpoint: a dict with keys [{keys}] and no state dict "
                               "under 'ema', 'model' or 'state_dict'")
@@ -145,9 +176,18 @@ def _strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
     return state
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
-    """The model weights in a checkpoint file or diffusers directory, in the DDPM/iDDPM key layout, and a
-    description of the format found. Raises CheckpointError (or its subclasses) with one clear line."""
+def _drop_unused_sigmas(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """score-SDE's networks register their noise levels as a `sigmas` buffer; the release's copies (and ours)
+    do not use it, so it is dropped from a score-SDE layout (keys `all_modules.N.…`)."""
+    if "sigmas" in state and any(k.startswith("all_modules.") for k in state):
+        return {k: v for k, v in state.items() if k != "sigmas"}
+    return state
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
+    """The model weights in a checkpoint file or diffusers directory, in this project's key layout, and a
+    description of the format found (`Checkpoint(state, format, ema_shadow)`; `ema_shadow` is score-SDE's
+    unnamed EMA list, see `ema_state`). Raises CheckpointError (or its subclasses) with one clear line."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
@@ -158,16 +198,43 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
                                   "diffusion_pytorch_model.safetensors or .bin)")
         weights = diffusers_weights_file(found)
         read_diffusers_config(found)  # refuse what DDPM cannot do
-        state, _ = _unwrap(_read_weights_file(weights, trust_pickle), weights)
-        fmt = f"diffusers UNet2DModel directory ({weights.name})"
+        state = _unwrap(_read_weights_file(weights, trust_pickle), weights).state
+        fmt, shadow = f"diffusers UNet2DModel directory ({weights.name})", None
     else:
-        state, fmt = _unwrap(_read_weights_file(path, trust_pickle), path)
-    state = _strip_wrapper_prefixes(state)
+        state, fmt, shadow = _unwrap(_read_weights_file(path, trust_pickle), path)
+    state = _drop_unused_sigmas(_strip_wrapper_prefixes(state))
     if looks_like_diffusers(state):
         state = diffusers_to_ddpm_state_dict(state)
         if not path.is_dir():
             fmt += ", diffusers key names"
-    return state, fmt
+    return Checkpoint(state, fmt, shadow)
+
+
+def ema_state(path: Path, checkpoint: Checkpoint, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to load into `model`: the checkpoint's weights, with score-SDE's EMA shadow list (when
+    there is one) put in place of the trained parameters.
+
+    score-SDE keeps the shadow of `p for p in model.parameters() if p.requires_grad`, in that order, so the
+    list is named by the built model's trainable parameters; buffers and parameters that are not trained (the
+    Fourier projection of NCSN++) keep their values from 'model'. A list of another length, or a tensor of
+    another shape than the parameter it lands on, is a CheckpointError.
+    """
+    state = dict(checkpoint.state)
+    shadow = checkpoint.ema_shadow
+    if shadow is None:
+        return state
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    if len(names) != len(shadow):
+        raise CheckpointError(f"checkpoint {path} ({checkpoint.format}): the EMA holds {len(shadow)} tensors but "
+                              f"the {type(model).__name__} has {len(names)} trainable parameters")
+    wrong = [name for name, tensor in zip(names, shadow) if tuple(tensor.shape) != tuple(state[name].shape)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} ({checkpoint.format}): the EMA list is not in the order of the "
+                              f"{type(model).__name__}'s parameters ({len(wrong)} shapes differ, first "
+                              f"{wrong[0]}: EMA {list(shadow[names.index(wrong[0])].shape)} vs "
+                              f"{list(state[wrong[0]].shape)})")
+    state.update(zip(names, shadow))
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,6 +292,22 @@ def _differences(expected: Mapping[str, tuple], got: Mapping[str, tuple]) -> lis
     return parts
 
 
+# The network family that a state dict's key names betray, whatever its sizes: (first-key prefixes, family).
+_FAMILIES = (
+    (("all_modules.",), "score-SDE's networks (struc PF or PF_deep)"),
+    (("input_blocks.", "time_embed."), "the improved-diffusion UNet (struc iDDPM)"),
+    (("temb.dense.", "down.0.block."), "the DDPM UNet (struc DDIM)"),
+)
+
+
+def _family(keys) -> str | None:
+    """Which network family the key names belong to, for a checkpoint that matches no known layout exactly."""
+    for prefixes, family in _FAMILIES:
+        if any(k.startswith(prefixes) for k in keys):
+            return family
+    return None
+
+
 def _layout_hint(got: Mapping[str, tuple]) -> str:
     """Which known layout the checkpoint has, or the closest one: usually the config that should be used."""
     known = known_model_configs()
@@ -232,10 +315,12 @@ def _layout_hint(got: Mapping[str, tuple]) -> str:
     if exact:
         return (f"The checkpoint has the layout of the released {' / '.join(exact)} model "
                 f"(Model: {_describe(known[exact[0]])}); use that config.")
+    family = _family(got)
+    keys = f" Its keys are those of {family}." if family else ""
     if closest and closest[1] >= closest[2] // 2:
         return (f"It matches none of the released layouts exactly; closest is {closest[0]} "
-                f"({closest[1]} of {closest[2]} keys agree).")
-    return f"It matches none of the released layouts ({', '.join(known)})."
+                f"({closest[1]} of {closest[2]} keys agree).{keys}")
+    return f"It matches none of the released layouts ({', '.join(known)}).{keys}"
 
 
 def _fit_error(path: Path, fmt: str, model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
@@ -274,14 +359,14 @@ def load_model(cfg: Mapping[str, Any] | None, path: str | Path, trust_pickle: bo
     fit, naming the differing keys and the known layout the checkpoint looks like.
     """
     path = Path(path)
-    state, fmt = read_checkpoint(path, trust_pickle)
+    checkpoint = read_checkpoint(path, trust_pickle)
     if cfg is None:
-        cfg = _infer_section(path, state)
+        cfg = _infer_section(path, checkpoint.state)
     model = build_model(cfg, eps_only=eps_only)
-    message = _fit_error(path, fmt, model, state)
+    message = _fit_error(path, checkpoint.format, model, checkpoint.state)
     if message:
         raise CheckpointError(message)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(ema_state(path, checkpoint, model), strict=True)
     if device is not None:
         model.to(device)
     return model.eval()

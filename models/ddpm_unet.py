@@ -71,11 +71,28 @@ class ResnetBlock(nn.Module):
         return shortcut + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels, with a residual connection.
+def pixel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_sdpa: bool) -> torch.Tensor:
+    """Single-head attention among the pixels: softmax(QKᵀ/√C)V with one token per pixel, for queries, keys and
+    values of shape (B, C, H, W); returns (B, C, H, W).
 
-    `use_sdpa` selects torch's fused `scaled_dot_product_attention`; the explicit softmax(QKᵀ/√C)V path is
-    kept as the plain reference that the fused one is tested against.
+    The core of this UNet's `AttnBlock` and of score-SDE's (`models.scoresde_layers`), which differ only in their
+    projections. `use_sdpa` selects torch's fused `scaled_dot_product_attention`; the explicit path is kept as the
+    plain reference that the fused one is tested against.
+    """
+    b, c, height, width = q.shape
+    # (B, C, H, W) → (B, HW, C): one token per pixel.
+    q, k, v = (x.flatten(2).transpose(1, 2) for x in (q, k, v))
+    if use_sdpa:
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+    else:
+        weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * c ** -0.5, dim=-1)
+        out = torch.bmm(weights, v)
+    return out.transpose(1, 2).reshape(b, c, height, width)
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels (`pixel_attention`), with a residual connection; q, k, v and
+    proj_out are 1×1 convolutions, as in the released checkpoints. `use_sdpa` selects the fused attention.
     """
 
     def __init__(self, channels: int, use_sdpa: bool = True):
@@ -88,17 +105,8 @@ class AttnBlock(nn.Module):
         self.use_sdpa = use_sdpa
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, height, width = x.shape
         h = self.norm(x)
-        # (B, C, H, W) → (B, HW, C): one token per pixel.
-        q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
-        if self.use_sdpa:
-            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        else:
-            weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * c ** -0.5, dim=-1)
-            out = torch.bmm(weights, v)
-        out = out.transpose(1, 2).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+        return x + self.proj_out(pixel_attention(self.q(h), self.k(h), self.v(h), self.use_sdpa))
 
 
 class Downsample(nn.Module):

@@ -41,6 +41,10 @@ def _check_model(cfg: dict) -> None:
     from models import build_model
 
     shape = image_shape(cfg)
+    if cfg.get("Model", {}).get("embedding_type") == "fourier":
+        # score-SDE's Fourier-embedding networks take σ (the VE SDE); every job here feeds VP timestep labels
+        raise ConfigError("Model.embedding_type: fourier networks take σ of the VE SDE, but the samplers and the "
+                          "trainer here drive VP networks with timestep labels; use embedding_type: positional")
     try:
         with torch.device("meta"):
             out = build_model(cfg)(torch.empty(1, *shape), torch.zeros(1))

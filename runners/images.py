@@ -9,9 +9,12 @@ from PIL import Image
 from .files import write_atomic
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] model space → uint8, rounding like torchvision's save_image: floor(255·(x+1)/2 + 0.5)."""
-    return ((x.float() + 1) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8)
+def to_uint8(x: torch.Tensor, centered: bool = True) -> torch.Tensor:
+    """Model space → uint8, rounding like torchvision's save_image: floor(255·(x+1)/2 + 0.5) for data in [-1, 1]
+    (``centered``, every released network), floor(255·x + 0.5) for data in [0, 1] (score-SDE's ``centered: false``
+    networks, which map their input to 2x − 1 themselves, so that their samples come out in [0, 1])."""
+    x = x.float() if centered else x.float() * 2 - 1
+    return ((x + 1) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def sample_path(out_dir: Path, index: int, total: int) -> Path:

@@ -60,6 +60,11 @@ class SampleJob:
     device: Optional[str] = None
     fid: Optional[FidSpec] = None
 
+    @property
+    def centered(self) -> bool:
+        """Whether the model's data live in [-1, 1] (else [0, 1]: score-SDE's ``Model.centered: false``)."""
+        return self.config.get("Model", {}).get("centered", True) is not False
+
     def identity(self) -> dict:
         """What must match for two runs to write the same images (batch size and sample count excluded)."""
         cfg = self.config

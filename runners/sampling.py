@@ -145,7 +145,7 @@ def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool
                 raise ModelOutputError(f"{e} — sampling {s.method} with this checkpoint and schedule diverges") \
                     from None
             nfe = info.nfe
-            for i, image in zip(batch, to_uint8(x0).cpu()):
+            for i, image in zip(batch, to_uint8(x0, job.centered).cpu()):
                 write_png(sample_path(out_dir, i, job.num_samples), image)
             own.keep = True
             bar.update(len(batch))

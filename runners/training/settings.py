@@ -116,6 +116,8 @@ def check_model_config(cfg: dict) -> tuple[int, int]:
     if out != channels:
         raise ConfigError(f"Model.{'out_channels' if iddpm else 'out_ch'}={out} but in_channels={channels}: "
                           "this trainer fits ε only; learned-σ models need the hybrid VLB loss, which it lacks")
+    if model.get("centered", True) is False:
+        raise ConfigError("Model.centered: false is not supported by this trainer: it trains on images in [-1, 1]")
     size = model.get("image_size")
     if size is None:
         raise ConfigError("config needs Model.image_size")

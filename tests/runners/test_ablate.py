@@ -1,6 +1,5 @@
 """main.py ablate: every cell sampled, scored and cached; tables, plot and paired statistics."""
 import csv
-import json
 
 import numpy as np
 import pytest
