@@ -134,3 +134,14 @@ def test_every_method_runs_on_the_network_with_its_exact_nfe(struc, tmp_path):
                               return_info=True)
         assert x0.shape == x_T.shape and torch.isfinite(x0).all(), name
         assert info.nfe == expected_nfe(name, 3, schedule), name
+
+
+def test_ablate_runs_on_a_score_sde_network(tmp_path):
+    import csv
+
+    cfg = write_config(tmp_path, "PF_deep")
+    assert main(["ablate", "--config", str(cfg), "--out", str(tmp_path / "abl"), "--methods", "S-PNDM,PF",
+                 "--steps", "3", "--num-samples", "3", "--reference-samples", "2", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "abl" / "results.csv")))
+    assert [(r["method"], r["nfe"]) for r in rows][0] == ("S-PNDM", "4") and rows[1]["method"] == "PF"
