@@ -1,5 +1,6 @@
-"""The known layouts come from configs/*.yml: every shipped config is one, named by its file, and a config for a
-network this project does not build is skipped rather than breaking the diagnostics."""
+"""The known layouts come from configs/*.yml: every shipped config is one, named by its file, and a config that does
+not describe a whole network (an unknown structure, a partial score-SDE section, no Model section) is skipped
+rather than breaking the diagnostics."""
 import pytest
 import torch
 import yaml
@@ -33,7 +34,8 @@ def test_layouts_hold_architecture_keys_only():
 
 def test_unbuildable_and_non_model_configs_are_skipped(tmp_path):
     (tmp_path / "ddpm.yml").write_text("Model:\n  struc: DDIM\n  ch: 32\n  ckpt: x.pt\n")
-    (tmp_path / "pf.yml").write_text("Model:\n  struc: PF_deep\n  nf: 128\n")
+    (tmp_path / "pf.yml").write_text("Model:\n  struc: PF_deep\n  nf: 128\n")  # partial: not a whole network
+    (tmp_path / "other.yml").write_text("Model:\n  struc: UNet3D\n  ch: 32\n")
     (tmp_path / "schedule_only.yml").write_text("Schedule:\n  type: linear\n")
     (tmp_path / "empty.yml").write_text("")
     assert read_layouts(tmp_path) == {"ddpm": {"ch": 32}}
