@@ -15,13 +15,15 @@ with the settings that differ; a changed score setting rescores the existing sam
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from samplers import get_method, sample
 
-from .distributed import session
+from .distributed import main_owns, session
 from .evaluate import fid_of_sample_folder, load_extractor
-from .files import as_json, owned_folder, read_json, write_json_atomic
+from .files import as_json, read_json, write_json_atomic
 from .jobs import AblateJob, Sampling
 from .sampling import check_folder, initial_noise, sample_into
 from .setup import load_eps
@@ -41,36 +43,37 @@ def cell_identity(job: AblateJob, cell: Sampling, seed: int) -> dict:
 
 def run_ablation(job: AblateJob) -> list:
     """Sample and score every missing cell, then write the tables; returns the rows (on rank 0)."""
-    with session(job.device) as dist:
-        extractor = None
-        if dist.is_main:
-            extractor = load_extractor(job.fid, dist.device)  # before any sampling
-            for seed in job.seeds:  # refuse folders of other settings before any work
+    with session(job.device) as dist, contextlib.ExitStack() as stack:
+        extractor = load_extractor(job.fid, dist.device) if dist.is_main else None  # before any sampling
+
+        def start(own) -> None:  # refuse folders of other settings before any work
+            for seed in job.seeds:
                 for cell in job.cells:
                     check_folder(job.cell_dir(cell, seed), job.sample_job(cell, seed))
+
+        own = main_owns(dist, stack, job.out, start=start)
         eps = load_eps(job.model, job.config, dist.device)
         rows = []
-        with owned_folder(job.out, enabled=dist.is_main) as own:
-            for seed in job.seeds:
-                references = {}
-                for cell in job.cells:
-                    folder, identity = job.cell_dir(cell, seed), cell_identity(job, cell, seed)
-                    row = read_json(folder / CELL_FILE)
-                    if row.get("identity") != identity:
-                        sample_job = job.sample_job(cell, seed)
-                        manifest = sample_into(sample_job, eps, dist)
-                        if dist.is_main:
-                            row = score_cell(job, cell, seed, manifest, eps, extractor, references, dist.device)
-                            row["identity"] = identity
-                            write_json_atomic(folder / CELL_FILE, row)
-                    own.keep = True
+        for seed in job.seeds:
+            references = {}
+            for cell in job.cells:
+                folder, identity = job.cell_dir(cell, seed), cell_identity(job, cell, seed)
+                row = read_json(folder / CELL_FILE)
+                if row.get("identity") != identity:
+                    sample_job = job.sample_job(cell, seed)
+                    manifest = sample_into(sample_job, eps, dist)
                     if dist.is_main:
-                        rows.append(row)
-                        print(f"seed {seed} {cell.method:>7} {cell.steps or '':>4}: NFE {row['nfe']}, "
-                              f"FID {row['fid']:.3f}, RMS to reference {row['rms']:.4g}")
-            if dist.is_main:
-                floors = noise_floor(job, extractor) if job.noise_floor_split else []
-                write_results(job.out, rows, floors)
+                        row = score_cell(job, cell, seed, manifest, eps, extractor, references, dist.device)
+                        row["identity"] = identity
+                        write_json_atomic(folder / CELL_FILE, row)
+                own.keep = True
+                if dist.is_main:
+                    rows.append(row)
+                    print(f"seed {seed} {cell.method:>7} {cell.steps or '':>4}: NFE {row['nfe']}, "
+                          f"FID {row['fid']:.3f}, RMS to reference {row['rms']:.4g}")
+        if dist.is_main:
+            floors = noise_floor(job, extractor) if job.noise_floor_split else []
+            write_results(job.out, rows, floors)
     return rows
 
 

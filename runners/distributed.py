@@ -4,11 +4,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+from .files import Ownership, owned_folder
 from .setup import resolve_device
 
 
@@ -25,6 +28,35 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def settle(self, error: Optional[UserError]) -> None:
+        """After a step only rank 0 runs: every rank learns whether it failed, and raises if so (rank 0 its own
+        error), instead of the others waiting at the next barrier forever."""
+        failed = error is not None
+        if self.world > 1:
+            flag = torch.tensor([int(failed)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            failed = bool(flag.item())
+        if error is not None:
+            raise error
+        if failed:
+            raise UserError("rank 0 of this torchrun job could not start (its error is printed above)")
+
+
+def main_owns(d: Dist, stack: contextlib.ExitStack, folder: Path, bookkeeping: tuple = (),
+              start: Optional[Callable[[Ownership], None]] = None) -> Ownership:
+    """Rank 0 takes ``folder`` (``files.owned_folder``, released when ``stack`` closes) and runs ``start`` on it;
+    the other ranks get a stand-in. A UserError there stops every rank (``Dist.settle``)."""
+    own, error = Ownership(Path(folder), created=False), None
+    if d.is_main:
+        try:
+            own = stack.enter_context(owned_folder(folder, bookkeeping))
+            if start is not None:
+                start(own)
+        except UserError as e:
+            error = e
+    d.settle(error)
+    return own
 
 
 @contextlib.contextmanager

@@ -204,17 +204,14 @@ class Ownership:
 
 
 @contextlib.contextmanager
-def owned_folder(folder: Path, bookkeeping: tuple[str, ...] = (), enabled: bool = True) -> Iterator[Ownership]:
+def owned_folder(folder: Path, bookkeeping: tuple[str, ...] = ()) -> Iterator[Ownership]:
     """Own ``folder`` for the duration: create it, lock it, clear stale temporaries.
 
     If the body fails before setting ``ownership.keep``, the folder holds nothing of value: the ``bookkeeping`` files
     (e.g. a 'running' manifest) are removed, and the folder too if this call created it, so that the corrected
-    command starts clean. ``enabled=False`` (torchrun ranks other than 0) only yields.
+    command starts clean. Under torchrun only rank 0 owns the folder (``distributed.main_owns``).
     """
     folder = Path(folder)
-    if not enabled:
-        yield Ownership(folder, created=False)
-        return
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ size, nor the number of processes, nor on where an interrupted run stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from pathlib import Path
@@ -17,10 +18,10 @@ from tqdm.auto import tqdm
 
 from samplers import sample
 
-from .distributed import Dist, session
+from .distributed import Dist, main_owns, session
 from .errors import ModelOutputError, OutputError
 from .features import list_images
-from .files import as_json, owned_folder, read_json, write_json_atomic
+from .files import as_json, read_json, write_json_atomic
 from .images import sample_path, to_uint8, write_png
 from .jobs import SampleJob
 from .seeds import derive_seed
@@ -108,12 +109,14 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
     the folder (a lock) while the job runs; a run that fails before writing an image leaves nothing behind.
     """
     out_dir = Path(job.out)
-    with owned_folder(out_dir, bookkeeping=(MANIFEST,), enabled=dist.is_main) as own:
-        if dist.is_main:
-            own.keep = check_folder(out_dir, job)
-            previous = read_json(out_dir / MANIFEST) if own.keep else {}
-            write_manifest(out_dir, job, previous.get("nfe", job.sampling.nfe), "running", previous.get("seconds", 0.0))
-        dist.barrier()
+
+    def start(own) -> None:
+        own.keep = check_folder(out_dir, job)
+        previous = read_json(out_dir / MANIFEST) if own.keep else {}
+        write_manifest(out_dir, job, previous.get("nfe", job.sampling.nfe), "running", previous.get("seconds", 0.0))
+
+    with contextlib.ExitStack() as stack:
+        own = main_owns(dist, stack, out_dir, (MANIFEST,), start)
         nfe, elapsed = _write_images(job, eps, dist, own, progress)
         dist.barrier()
         if dist.is_main:

@@ -2,6 +2,7 @@
 a checkpoint every ``Train.snapshot_freq`` steps (and at the end)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -14,9 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import get, save_config
-from ..distributed import session
+from ..distributed import main_owns, session
 from ..errors import ConfigError
-from ..files import owned_folder
 from ..jobs import TrainJob
 from ..setup import schedule_of
 from .data import epoch_loader, to_model_space, training_dataset
@@ -62,10 +62,12 @@ def run_training(job: TrainJob) -> dict:
                 say(f"{workdir} is already at step {train.step} of {plan.total}: nothing to do (raise --max-steps "
                     "to train further)")
                 return _summary(train, [], workdir)
-        with owned_folder(workdir, bookkeeping=(CONFIG,), enabled=dist.is_main) as own:
-            if dist.is_main:
+        with contextlib.ExitStack() as stack:
+            def start(own) -> None:
                 found.check_unchanged()
                 save_config(plan.config, workdir / CONFIG)
+
+            own = main_owns(dist, stack, workdir, (CONFIG,), start)
             own.keep = train.saved_at is not None  # a resumed run's folder is worth keeping from the start
             history = _train(job, plan, train, dist, own, say)
     return _summary(train, history, workdir)

@@ -274,3 +274,18 @@ def test_eta_is_accepted_wherever_sample_accepts_it(tiny, tmp_path):
     assert sample(cfg, tmp_path / "q", "--num-samples", 2, "--method", "DDIM@quadratic", "--steps", 4,
                   "--eta", 0.5) == 0
     assert json.loads((tmp_path / "q" / "manifest.json").read_text())["identity"]["eta"] == 0.5
+
+
+def test_torchrun_stops_every_rank_when_rank_0_refuses_the_folder(tiny, tmp_path):
+    """Rank 0 alone checks and locks --out; when it refuses, the other rank must stop too, not wait forever."""
+    cfg, _ = tiny
+    out = tmp_path / "out"
+    assert sample(cfg, out, "--num-samples", 3) == 0  # DDIM samples in the folder
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "main.py"), "sample", "--config", str(cfg), "--out", str(out), "--num-samples", "3",
+           "--method", "S-PNDM", "--steps", "4", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "different configuration (differs in: method" in proc.stderr
+    assert "rank 0 of this torchrun job could not start" in proc.stderr
