@@ -39,12 +39,19 @@ def mixture_eps(x: Tensor, alpha_bar: Tensor, means: Tensor, variances: Tensor, 
 
 class _TimestepModel:
     """``model(x, t)`` for a class with ``eps_at(x, alpha_bar)`` and a ``schedule``: ā is the schedule's table
-    linearly interpolated at the (float) timesteps t."""
+    linearly interpolated at the (float) timesteps t.
+
+    ε is differentiable in x, and in t when t requires grad (learned time grids, ``samplers.tune_timesteps``):
+    then ā comes from the torch version of the same interpolation, equal to the numpy one up to rounding.
+    """
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         if self.schedule is None:
             raise ValueError(f"{type(self).__name__} needs a schedule to map timesteps to noise levels")
-        ab = self.schedule.alpha_bar_lerp_clamped(torch.as_tensor(t).detach().cpu().double().numpy())
+        if isinstance(t, Tensor) and t.requires_grad:
+            ab = self.schedule.alpha_bar_lerp_torch(t.clamp(0, self.schedule.T - 1))
+        else:
+            ab = self.schedule.alpha_bar_lerp_clamped(torch.as_tensor(t).detach().cpu().double().numpy())
         return self.eps_at(x, ab)
 
 
@@ -85,7 +92,7 @@ class GaussianMixture(_TimestepModel):
     # ----------------------------------------------------------------------------------------------------------
     def eps_at(self, x: Tensor, alpha_bar) -> Tensor:
         """Exact ε at noise level ``alpha_bar`` (a scalar or one value per sample)."""
-        xb = x.detach().to(torch.float64).reshape(1, x.shape[0], -1)
+        xb = x.to(torch.float64).reshape(1, x.shape[0], -1)
         ab = torch.as_tensor(alpha_bar, dtype=torch.float64, device=xb.device).reshape(1, -1, 1)  # (1, B or 1, 1)
         eps = mixture_eps(xb, ab, self.means[None], self.variances[None], self.log_weights[None])
         return eps.reshape(x.shape).to(x.dtype)
@@ -153,7 +160,7 @@ class MixtureBank(_TimestepModel):
         n = len(self.mixtures)
         if x.shape[0] % n:
             raise ValueError(f"a batch of {x.shape[0]} does not split into {n} equal blocks, one per mixture")
-        return x.detach().to(torch.float64).reshape(n, x.shape[0] // n, -1)
+        return x.to(torch.float64).reshape(n, x.shape[0] // n, -1)
 
     def eps_at(self, x: Tensor, alpha_bar) -> Tensor:
         xb = self._blocks(x)

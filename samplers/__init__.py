@@ -4,13 +4,16 @@ PNDM (Liu et al., ICLR 2022), their classical baselines, and one ``sample()`` en
     from samplers import NoiseSchedule, sample, available, plan
     x0 = sample(model, x_T, NoiseSchedule('linear'), method='F-PNDM', steps=50)
     plan('F-PNDM', NoiseSchedule('linear'), 50).nfe  # 59, validated without running
+    grid = tune_timesteps(network, schedule, 'UniPC-3(bh2)', nfe=10, x_T=noise)  # a learned 10-NFE grid
+    x0 = sample(network, x_T, schedule, 'UniPC-3(bh2)', timesteps=grid)
 """
 from .api import Method, Plan, SampleInfo, available, expected_nfe, get_method, plan, sample
 from .grids import Grid, uniform_grid
 from .schedule import CONVENTIONS, KINDS, NoiseSchedule
 from .transfer import transfer
+from .tuning import TuningInfo, tune_timesteps
 
 __all__ = [
     "CONVENTIONS", "KINDS", "Grid", "Method", "NoiseSchedule", "Plan", "SampleInfo", "available", "expected_nfe",
-    "get_method", "plan", "sample", "transfer", "uniform_grid",
+    "get_method", "plan", "sample", "transfer", "TuningInfo", "tune_timesteps", "uniform_grid",
 ]

@@ -29,9 +29,10 @@ moderate (|w| < 3 for the densest possible end t = 2, 1, 0).
 ``variable_step_adams`` works in ρ, where σ = 0 is an ordinary point: its final step is its normal formula.
 
 Coefficients are Python floats (float64) applied to the tensors with mul/add_, so the samplers make no device or
-dtype assumptions; history lives in local lists and nothing survives a call. Every solver has the engine signature
-``f(eps, grid, x, *, callback=None, noise=None, order[, variant])`` (``noise`` is unused: all are deterministic)
-and reads ā at the grid's points from ``grid.alpha_bars``.
+dtype assumptions; history lives in local lists and nothing survives a call. On a grid of 0-dim tensors that
+require grad (``samplers.tuning``) the same code computes differentiable coefficients (``samplers.scalars``).
+Every solver has the engine signature ``f(eps, grid, x, *, callback=None, noise=None, order[, variant])``
+(``noise`` is unused: all are deterministic) and reads ā at the grid's points from ``grid.alpha_bars``.
 """
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 from torch import Tensor
 
+from . import scalars as S
 from .grids import Grid, as_int
 from .multistep import EpsFn, NoiseFn, StepCallback
 from .transfer import transfer_coefficients
@@ -73,8 +74,8 @@ def _levels(grid: Grid) -> List[_Level]:
             raise ValueError(f"alpha_bar({t}) = {ab} must lie in (0, 1) (only the final target may be 1)")
         if levels and not ab > levels[-1].ab:
             raise ValueError(f"alpha_bar must increase along timesteps; got {levels[-1].ab} then {ab} at t={t}")
-        alpha, sigma = math.sqrt(ab), math.sqrt(1.0 - ab)
-        lam = math.inf if ab == 1.0 else 0.5 * (math.log(ab) - math.log1p(-ab))
+        alpha, sigma = S.sqrt(ab), S.sqrt(1.0 - ab)
+        lam = math.inf if ab == 1.0 else 0.5 * (S.log(ab) - S.log1p(-ab))
         levels.append(_Level(ab, alpha, sigma, lam, sigma / alpha))
     return levels
 
@@ -94,7 +95,7 @@ def _phi(j: int, z: float) -> float:
             total += term
             term *= z / (n + j + 1)
         return total
-    value = math.exp(z)
+    value = S.exp(z)
     for k in range(j):
         value = (value - 1.0 / math.factorial(k)) / z
     return value
@@ -112,8 +113,7 @@ def _G(n: int, h: float) -> float:
 
 def _lagrange_weights(nodes: Sequence[float], moments: Sequence[float]) -> List[float]:
     """w with Σ_j w_j p(nodes_j) = Σ_n moments_n·c_n for every polynomial p(θ) = Σ_n c_n θ^n of degree < len(nodes)."""
-    a = np.array([[r**n for n in range(len(nodes))] for r in nodes], dtype=np.float64)
-    return [float(w) for w in np.linalg.solve(a.T, np.asarray(moments, dtype=np.float64))]
+    return S.solve([[r**n for n in range(len(nodes))] for r in nodes], moments, transpose=True)
 
 
 def _extrapolation_to_data(rhos: Sequence[float]) -> List[float]:
@@ -136,12 +136,12 @@ def _combine(x: Tensor, a: float, terms: Sequence[Tuple[float, Tensor]]) -> Tens
     """a·x + Σ c·y (a new tensor)."""
     out = x.mul(a)
     for c, y in terms:
-        out.add_(y, alpha=c)
+        out = S.add_(out, y, c)
     return out
 
 
 def _data_prediction(x: Tensor, e: Tensor, lv: _Level) -> Tensor:
-    return x.mul(1.0 / lv.alpha).add_(e, alpha=-lv.sigma / lv.alpha)
+    return S.add_(x.mul(1.0 / lv.alpha), e, -lv.sigma / lv.alpha)
 
 
 def _to_data(history: Sequence[Tuple[_Level, Tensor]], k: int) -> Tensor:
@@ -201,7 +201,7 @@ def _dpm_solver_pp(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[Step
             x = _to_data(history, k)
         else:
             h = t.lam - s.lam
-            g0 = -math.expm1(-h)
+            g0 = -S.expm1(-h)
             if k == 1:
                 moments = [g0]
             elif k == 2:
@@ -224,16 +224,15 @@ def _unipc_betas(nodes: Sequence[float], h: float, variant: str) -> List[float]:
     simplified choice a_1 = 1/2, β = B(h)/2 with B(h) = h ('bh1') or 1 − e^(−h) ('bh2'). For K ≥ 2 B(h) cancels.
     """
     if len(nodes) == 1:
-        return [0.5 * (h if variant == "bh1" else -math.expm1(-h))]
-    r = np.array([[rk**n for rk in nodes] for n in range(len(nodes))], dtype=np.float64)
-    return [float(b) for b in np.linalg.solve(r, np.array([_g(n, h) for n in range(1, len(nodes) + 1)]))]
+        return [0.5 * (h if variant == "bh1" else -S.expm1(-h))]
+    return S.solve([[rk**n for rk in nodes] for n in range(len(nodes))], [_g(n, h) for n in range(1, len(nodes) + 1)])
 
 
 def _unipc_update(x: Tensor, s: _Level, t: _Level, m0: Tensor, others: Sequence[Tuple[float, Tensor]],
                   variant: str) -> Tensor:
     """(σ_t/σ_s)·x + α_t·((1 − e^(−h))·m_0 + Σ_k β_k (m_k − m_0)/r_k), ``others`` = [(r_k, m_k)]."""
     h = t.lam - s.lam
-    c0 = -math.expm1(-h)
+    c0 = -S.expm1(-h)
     terms = []
     if others:
         betas = _unipc_betas([r for r, _ in others], h, variant)
@@ -282,7 +281,7 @@ def unipc(eps: EpsFn, grid: Grid, x: Tensor, *, callback: Optional[StepCallback]
             others = [((lv.lam - s_start.lam) / h, mk) for lv, mk in history[1:p]] + [(1.0, m)]
             x_corrected = _unipc_update(x_start, s_start, s, history[0][1], others, variant)
             if t.sigma == 0.0:
-                m_final = m.add(x_corrected - x, alpha=1.0 / s.alpha)
+                m_final = S.add(m, x_corrected - x, 1.0 / s.alpha)
             x = x_corrected
         history.insert(0, (s, m))
         del history[order:]

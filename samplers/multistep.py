@@ -15,7 +15,8 @@ Every engine here and in stochastic.py / exponential.py has one signature,
 ``engine(eps, grid, x, *, callback=None, noise=None, **options)``: ā at the grid's points comes from
 ``grid.alpha_bars``, ā at stage points between them from ``grid.alpha_bar``.
 
-The history lives in a local deque: nothing survives between calls.
+The history lives in a local deque: nothing survives between calls. Timesteps and ā may be 0-dim tensors that
+require grad (``samplers.scalars``, used by ``samplers.tuning``); the arithmetic is then differentiable.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
+from . import scalars as S
 from .grids import Grid
 from .transfer import transfer, transfer_delta
 
@@ -72,7 +74,7 @@ def classical_family(eps: EpsFn, alpha_bar: AlphaBarFn) -> Family:
     ā at t − 1 is off the grid, so it comes from the grid's rule ``alpha_bar``."""
     return Family(
         direction=lambda y, s, x, p: transfer_delta(x, eps(y, s.t), p.ab, alpha_bar(p.t - 1)),
-        advance=lambda x, d, p, q: x.add(d, alpha=p.t - q.t),
+        advance=lambda x, d, p, q: S.add(x, d, p.t - q.t),
     )
 
 

@@ -14,8 +14,9 @@ the released code, while the model itself receives the float timestep.
 Two time axes, and the accessors named after them:
 
 * model timestep t ∈ [−1, T−1]: ``alpha_bar(t, convention)`` (table at floor(t): the paper's grids),
-  ``alpha_bar_lerp(t)`` (linear interpolation, continued to ā = 1 at t = −1: spaced and custom grids) and
-  ``alpha_bar_lerp_clamped(t)`` (array-valued interpolation clamped to [0, T−1]: the analytic models);
+  ``alpha_bar_lerp(t)`` (linear interpolation, continued to ā = 1 at t = −1: spaced and custom grids),
+  ``alpha_bar_lerp_clamped(t)`` (array-valued interpolation clamped to [0, T−1]: the analytic models) and
+  ``alpha_bar_lerp_torch(t)`` (the same interpolation on tensors, differentiable in t: learned grids);
 * VP time s ∈ [0, 1] of the continuous process (probability-flow ODE): ``vp_log_alpha_bar(s)``, ``vp_beta(s)``.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import Tensor
 
 KINDS = ("linear", "quad", "cosine")
 CONVENTIONS = ("standard", "official")
@@ -146,6 +149,29 @@ class NoiseSchedule:
         """
         t = np.clip(np.asarray(t, dtype=np.float64), 0, self.T - 1)
         return np.interp(t, np.arange(self.T, dtype=np.float64), self.alphas_cumprod.astype(np.float64))
+
+    def _table_float64(self) -> Tensor:
+        """``alphas_cumprod`` as a float64 CPU tensor, made once (the table is read-only)."""
+        table = self.__dict__.get("_table64")
+        if table is None:
+            table = torch.from_numpy(self.alphas_cumprod.astype(np.float64))
+            object.__setattr__(self, "_table64", table)
+        return table
+
+    def alpha_bar_lerp_torch(self, t: Tensor) -> Tensor:
+        """``alpha_bar_lerp`` on a float tensor of timesteps (any shape), differentiable in t: float64, t clamped
+        to [−1, T−1]; on [0, T−1] the table interpolated linearly (as ``alpha_bar_lerp_clamped``), on [−1, 0) the
+        line to ā = 1 at t = −1. dā/dt is the slope of the segment that starts at floor(t).
+
+        Learned time grids (``samplers.tuning``) read ā with it, and the analytic models use it when t requires
+        grad, so that the network's ā and the sampler's agree (to rounding) with the float accessors.
+        """
+        table = self._table_float64().to(t.device)
+        t = t.to(torch.float64).clamp(-1.0, self.T - 1)
+        i = t.detach().floor().clamp(0, self.T - 2).long()
+        inside = table[i] + (t - i) * (table[i + 1] - table[i])
+        below = 1.0 + (t + 1.0) * (table[0] - 1.0)  # the continuation to ā = 1 at t = −1
+        return torch.where(t < 0, below, inside)
 
     # ----------------------------------------------------------------------------------------------------------
     # the VP time axis s in [0, 1] of the continuous process, for the probability-flow ODE (model timestep s·(T−1))

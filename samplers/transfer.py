@@ -8,30 +8,31 @@
 It is exactly the deterministic DDIM step. The first form is used because it stays accurate when ā' ≈ ā
 (the second subtracts nearly equal terms). Coefficients are computed in float64 from the schedule's values and
 applied as scalars, so the update costs one fused multiply-add on the device and no host synchronisation.
+ā may also be a 0-dim tensor that requires grad (``samplers.scalars``): then the coefficients are differentiable.
 """
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
+
+from . import scalars as S
 
 
 def transfer_coefficients(ab: float, ab_next: float) -> tuple[float, float]:
     """(a, b) with φ(x, ε) = a·x + b·ε."""
-    a = math.sqrt(ab_next / ab)
-    b = -(ab_next - ab) / (math.sqrt(ab) * (math.sqrt((1 - ab_next) * ab) + math.sqrt((1 - ab) * ab_next)))
+    a = S.sqrt(ab_next / ab)
+    b = -(ab_next - ab) / (S.sqrt(ab) * (S.sqrt_prod(1 - ab_next, ab) + S.sqrt_prod(1 - ab, ab_next)))
     return a, b
 
 
 def transfer(x: Tensor, eps: Tensor, ab: float, ab_next: float) -> Tensor:
     """φ(x, ε) from noise level ``ab`` to ``ab_next`` (both alpha_bar values)."""
     a, b = transfer_coefficients(ab, ab_next)
-    return x.mul(a).add_(eps, alpha=b)
+    return S.add_(x.mul(a), eps, b)
 
 
 def transfer_delta(x: Tensor, eps: Tensor, ab: float, ab_next: float) -> Tensor:
     """φ(x, ε) − x, computed without the cancellation of subtracting x afterwards."""
     _, b = transfer_coefficients(ab, ab_next)
     # a − 1 = (ā' − ā) / (sqrt(ā)·(sqrt(ā') + sqrt(ā))), again free of cancellation
-    a_minus_1 = (ab_next - ab) / (math.sqrt(ab) * (math.sqrt(ab_next) + math.sqrt(ab)))
-    return x.mul(a_minus_1).add_(eps, alpha=b)
+    a_minus_1 = (ab_next - ab) / (S.sqrt(ab) * (S.sqrt(ab_next) + S.sqrt(ab)))
+    return S.add_(x.mul(a_minus_1), eps, b)

@@ -1,0 +1,220 @@
+"""Learned time grids (samplers/tuning.py) and the differentiable engine path they use (samplers/scalars.py).
+
+* every fixed-step deterministic method is tunable: the grid is valid for ``sample(timesteps=...)`` and spends the
+  largest step count whose NFE fits; the engines on tensor timesteps equal ``sample()`` and their gradients
+  equal central finite differences (float64, analytic mixture);
+* tuning never increases the held-out loss over its start, and lowers it by a real factor where there is room;
+* theory: for point-mass data ε is constant along the flow, so DDIM is exact on every grid (the loss stays at
+  rounding level); for N(0, I) data the flow is the identity and a DDIM step multiplies x by cos(θ − θ') with
+  sqrt(ā) = cos θ, so the best N-step grid is uniform in θ and leaves the error (1 − cos^N(θ_T/N))·x_T;
+* determinism, and one-line ValueErrors for inputs that cannot be tuned.
+"""
+import math
+
+import pytest
+import torch
+
+from models import GaussianMixture
+from samplers import NoiseSchedule, available, get_method, sample, tune_timesteps
+from samplers.grids import check_timesteps, spaced_grid
+from samplers.tuning import _split, student, teacher_solve, tunable_method
+
+SCHEDULE = NoiseSchedule("linear")
+T = SCHEDULE.T
+TUNABLE = [n for n in available() if "@" not in n and n not in ("DDPM", "PF")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: torch's intra-op threads only add contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return GaussianMixture.random(3, (2, 4), seed=4, schedule=SCHEDULE)
+
+
+def noise(n, seed=0, shape=(2, 4)):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def problem(mixture):
+    """24 noises and their exact flow endpoints (the reference for the cheap tests)."""
+    x = noise(24, seed=1)
+    return x, mixture.flow_endpoint(x, float(SCHEDULE.alphas_cumprod[-1]), 1.0)
+
+
+class PointMass:
+    """Data δ_{x0}: ε(x, t) = (x − sqrt(ā)·x0)/sqrt(1 − ā), ā interpolated at (differentiable) t."""
+
+    def __init__(self, x0):
+        self.x0 = x0
+
+    def __call__(self, x, t):
+        ab = SCHEDULE.alpha_bar_lerp_torch(t).reshape(-1, *[1] * (x.ndim - 1))
+        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+def one_line(excinfo):
+    return "\n" not in str(excinfo.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every method
+
+@pytest.mark.parametrize("name", TUNABLE)
+def test_every_method_gives_a_valid_grid_at_the_largest_fitting_step_count(name, mixture, problem):
+    x, ref = problem
+    nfe = 13
+    m = get_method(name)
+    grid = tune_timesteps(mixture, SCHEDULE, name, nfe, x, reference=ref, iterations=2, batch_size=8)
+    steps = len(grid) - 1
+    assert m.nfe(steps) <= nfe < m.nfe(steps + 1)  # F-PNDM/FON: 4 steps (13 NFE), S-PNDM 12, the others 13
+    assert grid[0] == T - 1 and grid[-1] == -1
+    assert check_timesteps(grid, T) == grid and all(a > b for a, b in zip(grid, grid[1:]))
+    _, info = sample(mixture, x, SCHEDULE, name, timesteps=grid, return_info=True)
+    assert info.nfe == m.nfe(steps)
+
+
+@pytest.mark.parametrize("name", TUNABLE)
+def test_tensor_timesteps_reproduce_sample_and_its_finite_difference_gradient(name, mixture):
+    """The engines on 0-dim tensors that require grad compute what sample() computes (≤ 1e-10, float64), and
+    autograd's derivative in every interior timestep matches a central difference of sample() itself."""
+    x = noise(4, seed=2)
+    grid = [999.0, 640.5, 300.25, 80.3, 12.5, 1.7, -1.0]  # away from integers: ā(t) has kinks there
+    w = noise(4, seed=3)
+    ts = [grid[0]] + [torch.tensor(t, dtype=torch.float64, requires_grad=True) for t in grid[1:-1]] + [-1.0]
+    out = student(mixture, SCHEDULE, tunable_method(name)[0], x, ts)
+    assert (out - sample(mixture, x, SCHEDULE, name, timesteps=grid)).abs().max() <= 1e-10
+    grads = torch.stack(torch.autograd.grad((out * w).sum(), ts[1:-1]))
+    h, fd = 1e-4, []
+    for k in range(1, len(grid) - 1):
+        up, down = list(grid), list(grid)
+        up[k] += h
+        down[k] -= h
+        fd.append(((sample(mixture, x, SCHEDULE, name, timesteps=up)
+                    - sample(mixture, x, SCHEDULE, name, timesteps=down)) * w).sum() / (2 * h))
+    fd = torch.stack(fd)
+    assert (grads - fd).abs().max() <= 1e-6 * fd.abs().max()
+
+
+def test_float_timesteps_take_the_unchanged_float_path(mixture):
+    """With float timesteps the generic scalar code runs the engines' original float operations: bit-identical."""
+    x = noise(5, seed=5)
+    grid = [999.0, 500.5, 100.0, 10.25, -1.0]
+    for name in ("F-PNDM", "FON", "UniPC-3(bh1)", "DPM-Solver++(3M)", "DEIS-3", "VS-PNDM-4"):
+        assert torch.equal(student(mixture, SCHEDULE, get_method(name), x, grid),
+                           sample(mixture, x, SCHEDULE, name, timesteps=grid))
+
+
+def test_a_spacing_in_the_name_is_the_start(mixture, problem):
+    x, ref = problem
+    grid, info = tune_timesteps(mixture, SCHEDULE, "UniPC-3(bh2)@logsnr", 6, x, reference=ref, iterations=0,
+                                return_info=True)
+    assert grid == spaced_grid(SCHEDULE, 6, "logsnr") and info.start_spacing == "logsnr"
+    assert info.method == "UniPC-3(bh2)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the held-out loss
+
+def test_tuning_never_increases_the_held_out_loss(mixture, problem):
+    """Even with a learning rate far too large the result is no worse on held-out noise than the start grid."""
+    x, ref = problem
+    for lr in (0.1, 20.0):
+        grid, info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, reference=ref, iterations=6, lr=lr,
+                                    batch_size=8, return_info=True)
+        assert info.held_out_loss <= info.held_out_loss_start
+        _, held = _split(len(x), 0.25, 0)
+        per_sample = lambda g: (sample(mixture, x[held], SCHEDULE, "iPNDM", timesteps=g) - ref[held]) \
+            .pow(2).flatten(1).mean(1)  # noqa: E731
+        assert per_sample(grid).log().mean() <= per_sample(info.start).log().mean() + 1e-12
+
+
+def test_tuning_lowers_the_held_out_loss_where_there_is_room():
+    """DPM-Solver++(3M) at NFE 5 on an 8-component mixture: held-out loss at least 2x lower (measured: 2.8x)."""
+    model = GaussianMixture.random(8, (3, 4, 4), seed=0, schedule=SCHEDULE)
+    x = noise(64, seed=6, shape=(3, 4, 4))
+    _, info = tune_timesteps(model, SCHEDULE, "DPM-Solver++(3M)", 5, x, iterations=30, batch_size=16,
+                             return_info=True)
+    assert info.held_out_loss <= 0.5 * info.held_out_loss_start
+    assert info.train_loss < info.train_loss_start
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# theory
+
+def test_point_mass_data_is_solved_exactly_on_every_grid():
+    """ε is constant along the flow of δ_{x0}: DDIM, the pseudo methods and the exponential integrators are exact
+    on any grid, so both the teacher and every student land on x0 and the loss stays at rounding level."""
+    x0 = noise(1, seed=7)[0]
+    model = PointMass(x0)
+    x = noise(16, seed=8)
+    assert (teacher_solve(model, SCHEDULE, x) - x0).abs().max() < 1e-12
+    for name in ("DDIM", "UniPC-3(bh2)"):
+        _, info = tune_timesteps(model, SCHEDULE, name, 5, x, iterations=5, batch_size=8, return_info=True)
+        assert info.held_out_loss_start < 1e-13 and info.held_out_loss < 1e-13
+
+
+def test_standard_normal_data_tunes_ddim_to_equal_angles():
+    """Data N(0, I): the marginals are all N(0, I), ε = sqrt(1 − ā)·x and the flow is the identity (the
+    teacher returns x_T). With sqrt(ā) = cos θ one DDIM step multiplies x by cos(θ − θ'), so N steps give
+    Π cos(Δθ_i) with Σ Δθ_i = θ_T, largest (by concavity of log cos) for equal Δθ = θ_T/N: the tuned grid must
+    be uniform in θ and its loss (1 − cos^N(θ_T/N))·(the same factor for every sample)."""
+    model = GaussianMixture(torch.zeros(1, 2, 4), 1.0, schedule=SCHEDULE)
+    x = noise(32, seed=9)
+    assert (teacher_solve(model, SCHEDULE, x) - x).abs().max() < 1e-4  # measured 1.7e-5
+    n = 4
+    grid, info = tune_timesteps(model, SCHEDULE, "DDIM", n, x, reference=x, iterations=60, batch_size=8,
+                                return_info=True)
+    theta = [math.acos(math.sqrt(SCHEDULE.alpha_bar_lerp(t))) for t in grid]
+    steps = [a - b for a, b in zip(theta, theta[1:])]
+    gain = lambda th: math.prod(math.cos(a - b) for a, b in zip(th, th[1:]))  # noqa: E731
+    start = gain([math.acos(math.sqrt(SCHEDULE.alpha_bar_lerp(t))) for t in info.start])
+    best = math.cos(theta[0] / n) ** n
+    assert max(steps) / min(steps) < 1.1
+    assert info.held_out_loss >= (1 - best) / (1 - start) * info.held_out_loss_start * (1 - 1e-9)  # never below
+    assert info.held_out_loss <= (1 - best) / (1 - start) * info.held_out_loss_start * 1.001  # and at the optimum
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# determinism and bad inputs
+
+def test_same_seed_same_grid_and_a_callback_per_iteration(mixture, problem):
+    x, ref = problem
+    calls = []
+    run = lambda seed: tune_timesteps(mixture, SCHEDULE, "UniPC-2(bh2)", 5, x, reference=ref, iterations=4,  # noqa
+                                      batch_size=8, seed=seed, callback=calls.append)
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+    assert [c["iteration"] for c in calls[:4]] == [1, 2, 3, 4]
+    assert set(calls[0]) == {"iteration", "iterations", "train_loss", "held_out_loss", "best_held_out_loss", "grid"}
+    assert calls[3]["best_held_out_loss"] <= min(c["held_out_loss"] for c in calls[:4])  # the start counts too
+
+
+def test_bad_inputs_are_one_line_value_errors(mixture, problem):
+    x, ref = problem
+    cases = {
+        "too small": dict(method="F-PNDM", nfe=5),
+        "tune DDIM": dict(method="DDIM", nfe=1),
+        "stochastic": dict(method="DDPM", nfe=10),
+        "adaptive": dict(method="PF", nfe=10),
+        "reference": dict(method="DDIM", nfe=5, reference=ref[:3]),
+        "few samples": dict(method="DDIM", nfe=5, x_T=x[:3], reference=ref[:3]),
+        "round": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.round())),
+        "detach": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.detach())),
+        "no_grad": dict(method="DDIM", nfe=5, model=torch.no_grad()(lambda x_, t: mixture(x_, t))),
+    }
+    for what, kw in cases.items():
+        kw = dict(dict(model=mixture, x_T=x, reference=ref), **kw)
+        with pytest.raises(ValueError) as e:
+            tune_timesteps(kw.pop("model"), SCHEDULE, kw.pop("method"), kw.pop("nfe"), kw.pop("x_T"),
+                           iterations=1, **kw)
+        assert one_line(e), what
+        if what in ("round", "detach", "no_grad"):
+            assert "not differentiable" in str(e.value)
