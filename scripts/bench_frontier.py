@@ -10,6 +10,7 @@
     python scripts/bench_frontier.py                    # writes docs/FRONTIER.md and docs/frontier.png
     python scripts/bench_frontier.py --budgets 10,20 --skip-fid
     python scripts/bench_frontier.py --skip-fid --schedule cosine --mixtures 16-63 --out /tmp/cosine/FRONTIER.md
+    python scripts/bench_frontier.py --skip-fid --mixtures 1000-1063 --noise-offset 5000 --out /tmp/h/FRONTIER.md
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main():
     p.add_argument("--budgets", type=budget_list, default="5,10,20,50", help="NFE budgets, comma-separated")
     p.add_argument("--mixtures", type=parse_seeds, default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
     p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
+    p.add_argument("--noise-offset", type=int, default=1000,
+                   help="mixture s draws its noise samples from seed NOISE_OFFSET + s (another value: other noise)")
     p.add_argument("--schedule", choices=sorted(DIFFUSERS_BETAS), default="linear",
                    help="noise schedule of the analytic benchmark (the FID stage uses the digits model's, linear)")
     p.add_argument("--skip-fid", action="store_true", help="the analytic benchmark only (1.5 min instead of 11)")
@@ -46,7 +49,7 @@ def main():
         p.error("--budgets needs at least one budget")
     run_frontier(args.budgets, args.mixtures, args.batch, args.schedule, args.out, skip_fid=args.skip_fid,
                  fid_top=args.fid_top, fid_samples=args.fid_samples, screen_samples=args.screen_samples,
-                 fid_seeds=args.fid_seeds, screen_budgets=args.screen_budgets)
+                 fid_seeds=args.fid_seeds, screen_budgets=args.screen_budgets, noise_offset=args.noise_offset)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,12 @@ class MixtureSet:
                     flips=int((per_sample.sqrt() > FLIP).sum()))
 
 
-def analytic_table(budgets, mixtures, batch, schedule):
+def analytic_table(budgets, mixtures, batch, schedule, noise_offset=1000):
     """Every configuration × budget on all mixtures at once (one ``MixtureBank``, one sampler run): per-mixture
     RMSE, their mean and median, and the number of samples that ended in another component ("flips"), against
-    the exact flow endpoint from t = T−1 to ā = 1.
+    the exact flow endpoint from t = T−1 to ā = 1. Mixture s's noise comes from seed ``noise_offset`` + s.
     Rows: dict(side, name, budget, steps, nfe, rmse, median, flips)."""
-    problem = MixtureSet(mixtures, batch, schedule)
+    problem = MixtureSet(mixtures, batch, schedule, noise_offset=noise_offset)
     exact = problem.exact(schedule.alpha_bar(T - 1), 1.0)
 
     def scored(side, name, budget, steps, nfe, x0):

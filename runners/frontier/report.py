@@ -55,7 +55,8 @@ def full_table(rows, budgets, key, fmt):
     return lines
 
 
-def markdown(rows, budgets, mixtures, batch, kind, fid_screen, fid_final, fid_spread, fid_settings, seconds):
+def markdown(rows, budgets, mixtures, batch, kind, fid_screen, fid_final, fid_spread, fid_settings, seconds,
+             noise_offset=1000):
     """docs/FRONTIER.md: the headline tables, the FID stage when it ran, then every configuration."""
     lines = [
         "# The sampler frontier", "",
@@ -63,7 +64,8 @@ def markdown(rows, budgets, mixtures, batch, kind, fid_screen, fid_final, fid_sp
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, {seconds / 60:.1f} min.", "",
         READING_LINK, "",
         "## (a) Analytic Gaussian mixtures: RMSE to the exact probability-flow endpoint from t = 999", "",
-        f"8-component mixtures in 3×8×8 (seeds {seed_text(mixtures)}), {batch} noise samples each, {kind} "
+        f"8-component mixtures in 3×8×8 (seeds {seed_text(mixtures)}), {batch} noise samples each (noise seed "
+        f"{noise_offset} + mixture seed), {kind} "
         "schedule; every sampler starts from the same x_T, read as the noise at t = 999, and runs the largest step "
         f"count whose NFE fits the budget. Each configuration's RMSE per mixture, then the mean over the "
         f"{len(mixtures)} mixtures (the headline statistic) and their median. A *flip* is a sample that ends in "

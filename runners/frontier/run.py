@@ -35,15 +35,15 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_frontier(budgets, mixtures, batch, schedule_kind, out, *, skip_fid=False, fid_top=2, fid_samples=2000,
-                 screen_samples=256, fid_seeds=5, screen_budgets=(5, 10, 20)) -> Path:
+                 screen_samples=256, fid_seeds=5, screen_budgets=(5, 10, 20), noise_offset=1000) -> Path:
     """scripts/bench_frontier.py: the analytic table (printing the best of each side per budget), the FID stage
     unless ``skip_fid``, then the report at ``out`` (generated tables and a link to the hand-written reading) with
-    its plots next to it. Returns ``out``."""
+    its plots next to it. Mixture s's noise samples come from seed ``noise_offset`` + s. Returns ``out``."""
     start = time.time()
     schedule = NoiseSchedule(schedule_kind)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analytic model's small ops are fastest single-threaded
-    rows = analytic_table(budgets, mixtures, batch, schedule)
+    rows = analytic_table(budgets, mixtures, batch, schedule, noise_offset)
     torch.set_num_threads(threads)
     print_summary(rows, budgets)
     extra_seeds = range(1, fid_seeds)
@@ -56,7 +56,7 @@ def run_frontier(budgets, mixtures, batch, schedule_kind, out, *, skip_fid=False
         plot_fid(fid_final, budgets, out.with_name("frontier_fid.png"))
     settings = dict(screen=screen_samples, final=fid_samples, k=fid_top)
     write_text_atomic(out, markdown(rows, budgets, mixtures, batch, schedule.kind, fid_screen, fid_final,
-                                    fid_spread, settings, time.time() - start))
+                                    fid_spread, settings, time.time() - start, noise_offset))
     print(f"wrote {out} and {out.with_name('frontier.png')}")
     return out
 

@@ -13,8 +13,10 @@ from tests.conftest import REPO
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path, kind):
     out = tmp_path / "FRONTIER.md"
+    offset = 1000 if kind == "linear" else 5000  # --noise-offset: held-out noise for the same mixtures
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_frontier.py"), "--budgets", "5",
-                           "--mixtures", "0", "--batch", "2", "--skip-fid", "--schedule", kind, "--out", str(out)],
+                           "--mixtures", "0", "--batch", "2", "--skip-fid", "--schedule", kind, "--out", str(out),
+                           "--noise-offset", str(offset)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
@@ -22,6 +24,7 @@ def test_small_analytic_run_writes_a_ratio_per_budget(tmp_path, kind):
     ours, theirs, ratio = float(row.split("|")[3]), float(row.split("|")[6]), row.split("**")[1]
     assert f"{ours / theirs:.2f}×" == ratio
     assert "### Median RMSE over the mixtures" in text and f"{kind} schedule" in text
+    assert f"noise seed {offset} + mixture seed" in text
     assert "[FRONTIER_READING.md](FRONTIER_READING.md)" in text and "## Reading" not in text  # linked, not spliced
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
 
