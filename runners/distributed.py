@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -28,6 +29,15 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        """The element-wise sum of every rank's ``array`` (float64), on every rank; with one process, ``array``."""
+        if self.world == 1:
+            return array
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+        tensor = tensor.to(self.device) if self.device.type == "cuda" else tensor  # nccl sums on the GPU only
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
 
     def settle(self, error: Optional[UserError]) -> None:
         """After a step only rank 0 runs: every rank learns whether it failed, and raises if so (rank 0 its own

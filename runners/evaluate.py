@@ -1,15 +1,19 @@
-"""``main.py fid`` and ``main.py stats``: features of image files → statistics → FID.
+"""``main.py fid`` and ``main.py stats``: image features → streamed statistics → FID.
 
-``fid_of_sample_folder`` is the one way a folder of samples becomes a FID: ``sample --fid``, ``fid`` and every
-ablation cell go through it.
+``fid_of_sample_folder`` is the one place a folder of samples becomes a FID: ``sample --fid``, ``fid`` and every
+ablation cell go through it. ``sample --fid`` and the ablation hand it the statistics they streamed while
+sampling (``sample_stream``: the exact uint8 images written to the PNGs, plus the files an interrupted run left);
+``fid`` computes them from the files through the same ``FeatureStream``, so both give the same number.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from .errors import OutputError, UserError
-from .features import build_extractor, extract_features, image_features, list_images
-from .fid import check_compatible, save_stats, score_images, write_fid_json
+from .features import build_extractor, list_images
+from .fid import FeatureStats, FeatureStream, batch_stats, check_compatible, fid_result, file_stats, save_stats, \
+    write_fid_json
 from .files import OutputLock, read_json
 from .images import sample_path
 from .jobs import FidJob, FidSpec, StatsJob
@@ -17,10 +21,18 @@ from .setup import resolve_device
 
 
 def load_extractor(spec: FidSpec, device):
-    """The feature network of ``spec``, checked against its statistics before any sampling starts."""
-    extractor = build_extractor(spec.extractor, spec.extractor_weights, device)
-    check_compatible(spec.reference, extractor.name, extractor.dims)
+    """The feature network of ``spec``, checked against its statistics (name, dims and, where the statistics
+    record it, the weights' sha256) before any sampling starts."""
+    extractor = build_extractor(spec.extractor, spec.extractor_weights, device, sha256=spec.extractor_sha256)
+    check_compatible(spec.reference, extractor.name, extractor.dims, extractor.weights_sha256)
     return extractor
+
+
+def sample_stream(extractor, folder: Path, num_samples: int, indices, todo, image_shape: tuple) -> FeatureStream:
+    """The stream of a sampling run's images ``indices`` (this process's share, ascending): those in ``todo``
+    are fed by the sampler as it makes them, the others are read from the PNGs an earlier run wrote."""
+    return FeatureStream(extractor, indices, fed=todo, path_of=lambda i: sample_path(folder, i, num_samples),
+                         channels=image_shape[0], size=image_shape[1])
 
 
 def sample_files(folder: Path) -> list:
@@ -44,11 +56,20 @@ def sample_files(folder: Path) -> list:
 
 
 def fid_of_sample_folder(folder: Path, spec: FidSpec, extractor, image_shape: tuple, write: bool,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, stats: Optional[FeatureStats] = None,
+                         source: Optional[str] = None) -> dict:
     """FID of the samples in ``folder`` against ``spec``'s statistics; with ``write``, printed and saved to
-    fid.json (the number is printed before the file is written, so it survives a failed write)."""
-    result = score_images(sample_files(folder), extractor, spec.reference, image_shape[0], image_shape[1],
-                          spec.batch_size, progress)
+    fid.json (the number is printed before the file is written, so it survives a failed write). ``stats``: the
+    folder's statistics streamed while sampling (one pass; ``source`` says how); without them the files are
+    read."""
+    paths = sample_files(folder)
+    if stats is None:
+        stats, source = file_stats(paths, extractor, image_shape[0], image_shape[1], progress), "files"
+    else:
+        source = source or "sampling"
+        if stats.count != len(paths):
+            raise RuntimeError(f"streamed statistics of {stats.count} images for a folder of {len(paths)}")
+    result = fid_result(stats, spec.reference, extractor, source)
     if write:
         write_fid_json(folder, result)
     return result
@@ -60,7 +81,8 @@ def run_fid_job(job: FidJob) -> dict:
 
 
 def run_stats_job(job: StatsJob) -> None:
-    """Statistics of an image folder or of the config's dataset split, written atomically to ``job.out``."""
+    """Statistics of an image folder or of the config's dataset split, written atomically to ``job.out`` with
+    the sha256 of the feature network's weights."""
     from torch.utils.data import DataLoader
 
     from .datasets import image_dataset
@@ -78,12 +100,12 @@ def run_stats_job(job: StatsJob) -> None:
     extractor = build_extractor(job.extractor, job.extractor_weights, device)
     with OutputLock.for_file(job.out):
         if data is None:
-            features = image_features(paths, extractor, channels, size, job.batch_size)
+            stats = file_stats(paths, extractor, channels, size)
         else:
             loader = DataLoader(data, batch_size=job.batch_size, shuffle=False, num_workers=0)
-            features = extract_features(extractor, (x for x, _ in loader), len(data))
+            stats = batch_stats(extractor, (x for x, _ in loader), len(data))
         try:
-            save_stats(job.out, features, extractor.name, label)
+            save_stats(job.out, stats, extractor.name, label, extractor.weights_sha256)
         except OSError as e:
             raise OutputError(f"cannot write {job.out}: {e.strerror}") from None
-    print(f"statistics of {features.shape[0]} images ({extractor.name}, {features.shape[1]}-d) → {job.out}")
+    print(f"statistics of {stats.count} images ({extractor.name}, {stats.dims}-d) → {job.out}")

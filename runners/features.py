@@ -2,19 +2,27 @@
 
 Features are computed from uint8 images exactly as the PNG files hold them. Two extractors: pytorch-fid's
 InceptionV3 (the TF-FID weights, 2048-d pool3, the paper's FID) and the digits demo's classifier (128-d). Statistics
-record which extractor produced them, and FIDs across extractors are refused: they are not comparable numbers.
+record which extractor produced them (and the sha256 of its weights), and FIDs across extractors are refused: they
+are not comparable numbers.
+
+An image's features depend on the image alone, not on how callers batch: CPU kernels pick other code paths for
+small batches (the digits classifier's features of one image differ by 8e-6 between batches of 1 and 64 on this
+project's CPU), so the network always sees chunks of exactly ``FEATURE_CHUNK`` images, the last one padded with
+black images. At that fixed size, measured here, an image's features do not depend on its position in the chunk,
+on the other images in it, or on the thread count. On a GPU the network runs with TF32 off (``tf32_policy``):
+TF32 rounds the Inception convolutions' inputs to 10 mantissa bits, which is not the FID anyone else computes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from .errors import DatasetError, MissingFileError, UserError
 
@@ -23,9 +31,54 @@ DIGITS = "digits-classifier-128"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 EXTRACTORS = {"inception": INCEPTION, "digits": DIGITS}  # config name → the name statistics record
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# one chunk size for every extractor and device: a fixed shape is what makes features independent of the caller's
+# batch size (64 is the smallest size at which the digits features match those of larger batches here, and
+# large enough to keep a GPU busy with Inception at 299×299)
+FEATURE_CHUNK = 64
 
 
-class InceptionExtractor:
+@contextlib.contextmanager
+def tf32_policy(allow: bool):
+    """TF32 for CUDA matmuls and cuDNN convolutions on (``allow``) or off inside the block; the previous settings
+    are restored afterwards, so the sampling network keeps whatever the user chose."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+class _Extractor:
+    """uint8 NCHW images in any number → float64 features on the CPU, computed in padded chunks of
+    ``FEATURE_CHUNK`` under the TF32 policy ``allow_tf32`` (off unless a benchmark turns it on)."""
+
+    name: str
+    dims: int
+    chunk = FEATURE_CHUNK
+    allow_tf32 = False
+    weights_sha256: Optional[str] = None
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        with tf32_policy(self.allow_tf32):
+            for lo in range(0, images.shape[0], self.chunk):
+                piece = images[lo:lo + self.chunk]
+                n = piece.shape[0]
+                if n < self.chunk:
+                    piece = torch.cat([piece, piece.new_zeros((self.chunk - n, *piece.shape[1:]))])
+                out.append(self._features(piece)[:n].double().cpu())
+        if not out:
+            return torch.empty((0, self.dims), dtype=torch.float64)
+        return torch.cat(out)
+
+
+class InceptionExtractor(_Extractor):
     """pytorch-fid's InceptionV3 (the TF-FID weights), 2048-d pool3 features; uint8 NCHW in, float64 out."""
 
     name, dims = INCEPTION, 2048
@@ -41,15 +94,14 @@ class InceptionExtractor:
                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         self.device = device
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device).float() / 255.0
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        return self.net(x)[0].flatten(1).double().cpu()
+        return self.net(x)[0].flatten(1)
 
 
-class DigitsExtractor:
+class DigitsExtractor(_Extractor):
     """The digits demo's classifier (models/digits_classifier.py), 128-d penultimate features."""
 
     name, dims = DIGITS, 128
@@ -66,11 +118,10 @@ class DigitsExtractor:
         self.net.to(device).eval()
         self.device = device
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1:] != (1, 8, 8):
             raise DatasetError(f"the digits extractor takes 1×8×8 images, got {tuple(images.shape[1:])}")
-        return self.net.features(images.to(self.device)).double().cpu()
+        return self.net.features(images.to(self.device))
 
 
 def inception_weights_path() -> Path:
@@ -100,13 +151,19 @@ def extractor_weights(name: str, weights: Optional[str]) -> Optional[str]:
     return str(weights)
 
 
-def build_extractor(name: str, weights: Optional[str], device):
-    """The feature network ``name`` ('inception' or 'digits') with ``weights`` (checked by extractor_weights)."""
+def build_extractor(name: str, weights: Optional[str], device, sha256: Optional[str] = None):
+    """The feature network ``name`` ('inception' or 'digits') with ``weights`` (checked by extractor_weights);
+    ``weights_sha256`` is ``sha256`` when the caller already hashed the file, else hashed here."""
+    from .setup import sha256_file
+
     weights = extractor_weights(name, weights)
     if name == "inception":
         cached = weights == str(inception_weights_path())
-        return InceptionExtractor(device, None if cached else weights)
-    return DigitsExtractor(device, weights)
+        extractor = InceptionExtractor(device, None if cached else weights)
+    else:
+        extractor = DigitsExtractor(device, weights)
+    extractor.weights_sha256 = sha256 or sha256_file(weights)
+    return extractor
 
 
 class _hub_dir_holding:
@@ -153,28 +210,3 @@ def read_image(path: Path, channels: int, size: Optional[int] = None) -> np.ndar
         raise DatasetError(f"{path} is {array.shape[1]}×{array.shape[0]} pixels; the config's images are "
                            f"{size}×{size}")
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def extract_features(extractor: Callable, batches: Iterable[torch.Tensor], total: Optional[int] = None,
-                     progress: bool = True) -> np.ndarray:
-    feats = []
-    with tqdm(total=total, desc="features", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for batch in batches:
-            feats.append(extractor(batch).numpy())
-            bar.update(len(batch))
-    if not feats:
-        raise DatasetError("no images to compute features of")
-    return np.concatenate(feats).astype(np.float64)
-
-
-def image_features(paths: list, extractor, channels: int, size: Optional[int] = None, batch_size: int = 200,
-                   progress: bool = True) -> np.ndarray:
-    """Features of the image files at ``paths``, read as the files hold them (uint8)."""
-    if not paths:
-        raise DatasetError("no images to read")
-
-    def batches():
-        for lo in range(0, len(paths), batch_size):
-            yield torch.from_numpy(np.stack([read_image(p, channels, size) for p in paths[lo:lo + batch_size]]))
-
-    return extract_features(extractor, batches(), len(paths), progress)

@@ -3,6 +3,11 @@
 Sample i starts from noise drawn by its own generator seeded from (seed, i) — and, for stochastic samplers,
 draws its per-step noise from a second generator seeded the same way — so an image depends on neither the batch
 size, nor the number of processes, nor on where an interrupted run stopped.
+
+One pass (``OnePass``): with ``--fid`` (and in every ablation cell) each finished batch goes, as the exact uint8
+images written to the PNGs, straight to the feature network while background threads write the files; the FID is
+computed from the statistics streamed that way, and images an interrupted run left on disk are read from their
+files. No image is read back from disk that this run made.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from .distributed import Dist, main_owns, session
 from .errors import ModelOutputError, OutputError
 from .features import list_images
 from .files import as_json, read_json, write_json_atomic
-from .images import sample_path, to_uint8, write_png
+from .images import PngWriter, sample_path, to_uint8
 from .jobs import SampleJob
 from .seeds import derive_seed
 from .setup import load_eps
@@ -102,11 +107,60 @@ def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: st
     })
 
 
-def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True) -> dict:
+class OnePass:
+    """What each sampled batch is handed to besides the PNG writers: the feature stream of ``extractor`` (FID in
+    the same pass) and the float samples of indices below ``keep`` (the ablation's distance to its reference).
+    ``start`` is called once the run knows which of its images are missing."""
+
+    def __init__(self, extractor=None, keep: int = 0):
+        self.extractor, self.keep = extractor, keep
+        self.stream, self.kept, self.t_start, self.source = None, {}, None, None
+        # where the time went: the sampler (network included), the feature network (reading earlier PNGs
+        # included), the PNG writer threads, and the sampler's wait for them
+        self.seconds = {"sampling": 0.0, "features": 0.0, "png_threads": 0.0, "png_wait": 0.0}
+
+    def start(self, job: SampleJob, indices: list, todo: list) -> None:
+        from .evaluate import sample_stream
+
+        if self.extractor is not None:
+            self.stream = sample_stream(self.extractor, Path(job.out), job.num_samples, indices, todo,
+                                        job.image_shape)
+
+    def put(self, indices: list, x0: torch.Tensor, images: torch.Tensor, info) -> None:
+        self.t_start = info.t_start
+        for i, x in zip(indices, x0):
+            if i < self.keep:
+                self.kept[i] = x.clone()  # not a view: the batch it came from can go
+        if self.stream is not None:
+            started = time.perf_counter()
+            self.stream.put(indices, images)
+            self.seconds["features"] += time.perf_counter() - started
+
+    def kept_samples(self) -> Optional[torch.Tensor]:
+        """x0 of samples 0..keep−1 when this process sampled all of them in this run, else None."""
+        if self.keep and all(i in self.kept for i in range(self.keep)):
+            return torch.stack([self.kept[i] for i in range(self.keep)])
+        return None
+
+    def statistics(self, dist: Dist):
+        """The streamed statistics of every rank's images (reads the files an earlier run left; collective);
+        ``source`` says where the features came from, for fid.json."""
+        started = time.perf_counter()
+        stats = self.stream.finish().all_reduce(dist)
+        total, read = dist.sum(np.array([len(self.stream.order), self.stream.read], dtype=np.float64))
+        self.source = ("sampling" if not read else "files" if read == total else
+                       f"sampling ({int(read)} read from the PNGs of an earlier run)")
+        self.seconds["features"] += time.perf_counter() - started
+        return stats
+
+
+def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True,
+                one_pass: Optional[OnePass] = None) -> dict:
     """Write the images 0..num_samples−1 that are missing from ``job.out``; returns the manifest.
 
     Ranks take the indices i ≡ rank (mod world); a rerun of the same command skips finished images. Rank 0 owns
-    the folder (a lock) while the job runs; a run that fails before writing an image leaves nothing behind.
+    the folder (a lock) while the job runs; a run that fails before writing an image leaves nothing behind. The
+    manifest says 'complete' only after every PNG is on disk.
     """
     out_dir = Path(job.out)
 
@@ -117,7 +171,7 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
 
     with contextlib.ExitStack() as stack:
         own = main_owns(dist, stack, out_dir, (MANIFEST,), start)
-        nfe, elapsed = _write_images(job, eps, dist, own, progress)
+        nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass())
         dist.barrier()
         if dist.is_main:
             previous = read_json(out_dir / MANIFEST)
@@ -130,44 +184,64 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
     return read_json(out_dir / MANIFEST)
 
 
-def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool) -> tuple[Optional[int], float]:
+def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool,
+                  one_pass: OnePass) -> tuple[Optional[int], float]:
     s, out_dir = job.sampling, Path(job.out)
-    todo = [i for i in range(dist.rank, job.num_samples, dist.world)
-            if not sample_path(out_dir, i, job.num_samples).exists()]
+    mine = list(range(dist.rank, job.num_samples, dist.world))
+    todo = [i for i in mine if not sample_path(out_dir, i, job.num_samples).exists()]
+    one_pass.start(job, mine, todo)
     nfe = None
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc=f"{s.method} {s.steps or ''}".strip(), unit="img",
-              disable=not (progress and dist.is_main), dynamic_ncols=True) as bar:
-        for lo in range(0, len(todo), job.batch_size):
-            batch = todo[lo:lo + job.batch_size]
-            x_T = initial_noise(batch, job.image_shape, job.seed).to(dist.device)
-            try:
-                x0, info = sample(eps, x_T, job.schedule, s.method, s.steps, s.convention, eta=s.eta,
-                                  generator=sampler_generators(batch, job.seed), return_info=True)
-            except FloatingPointError as e:
-                raise ModelOutputError(f"{e} — sampling {s.method} with this checkpoint and schedule diverges") \
-                    from None
-            nfe = info.nfe
-            for i, image in zip(batch, to_uint8(x0, job.centered).cpu()):
-                write_png(sample_path(out_dir, i, job.num_samples), image)
-            own.keep = True
-            bar.update(len(batch))
+    writer = PngWriter()
+    try:
+        with writer, tqdm(total=len(todo), desc=f"{s.method} {s.steps or ''}".strip(), unit="img",
+                          disable=not (progress and dist.is_main), dynamic_ncols=True) as bar:
+            for lo in range(0, len(todo), job.batch_size):
+                batch = todo[lo:lo + job.batch_size]
+                started = time.perf_counter()
+                x_T = initial_noise(batch, job.image_shape, job.seed).to(dist.device)
+                try:
+                    x0, info = sample(eps, x_T, job.schedule, **s.sample_kwargs(),
+                                      generator=sampler_generators(batch, job.seed), return_info=True)
+                except FloatingPointError as e:
+                    raise ModelOutputError(f"{e} — sampling {s.method} with this checkpoint and schedule "
+                                           f"diverges") from None
+                nfe = info.nfe
+                images = to_uint8(x0, job.centered).cpu()  # waits for the device: the batch is finished
+                one_pass.seconds["sampling"] += time.perf_counter() - started
+                writer.submit([sample_path(out_dir, i, job.num_samples) for i in batch], images)
+                one_pass.put(batch, x0, images, info)  # features while the writers write
+                own.keep = own.keep or writer.written > 0
+                bar.update(len(batch))
+    finally:
+        own.keep = own.keep or writer.written > 0  # images on disk are kept for a rerun, whatever failed
+        one_pass.seconds["png_threads"] += writer.busy
+        one_pass.seconds["png_wait"] += writer.waited
     return nfe, time.perf_counter() - start
 
 
 def run_sample_job(job: SampleJob) -> dict:
     """``main.py sample``: the extractor and statistics (with --fid) and the network are loaded before the
-    output folder is touched, so that a failure that can be known early is reported before any sampling."""
+    output folder is touched, so that a failure that can be known early is reported before any sampling. With
+    --fid the images go to the feature network as they are made (one pass, every rank its own share)."""
     from .evaluate import fid_of_sample_folder, load_extractor
 
     with session(job.device) as dist:
-        extractor = load_extractor(job.fid, dist.device) if job.fid is not None and dist.is_main else None
+        extractor = load_extractor(job.fid, dist.device) if job.fid is not None else None
         eps = load_eps(job.model, job.config, dist.device)
-        manifest = sample_into(job, eps, dist)
+        one_pass = OnePass(extractor)
+        manifest = sample_into(job, eps, dist, one_pass=one_pass)
+        stats = one_pass.statistics(dist) if extractor is not None else None
         if dist.is_main:
             s = job.sampling
             print(f"{manifest['num_samples']} samples in {job.out} ({s.method}, {s.steps} steps, "
                   f"NFE {manifest['nfe']})")
             if job.fid is not None:
-                fid_of_sample_folder(Path(job.out), job.fid, extractor, job.image_shape, write=True)
+                started = time.perf_counter()
+                fid_of_sample_folder(Path(job.out), job.fid, extractor, job.image_shape, write=True, stats=stats,
+                                     source=one_pass.source)
+                t = {**one_pass.seconds, "fid": time.perf_counter() - started}
+                print(f"seconds: sampling {t['sampling']:.1f}, features {t['features']:.1f}, PNG writing "
+                      f"{t['png_threads']:.1f} on background threads (sampling waited {t['png_wait']:.1f} for "
+                      f"them), FID {t['fid']:.1f}")
     return manifest

@@ -1,71 +1,93 @@
 #!/usr/bin/env bash
-# One prepared GPU session (device time is scarce): correctness on CUDA first, then the UNet and sampler timings,
-# then an end-to-end `main.py sample` run of the CIFAR-10 config. Every result goes to OUT_DIR as text.
+# One prepared GPU session (device time is scarce): correctness on CUDA first, then a real 50,000-sample
+# F-PNDM-50 FID cell (one pass: sampling, PNG writing on background threads, features, FID) with its time split,
+# and the FID with the feature network's TF32 off (the default) and on. Everything goes to OUT_DIR/bench_gpu.log.
 #
 #   scripts/bench_gpu.sh [OUT_DIR]            # on a machine with a CUDA GPU, from the repository root
+#   DEVICE=cpu NUM=16 BATCH=8 PRECISION=fp32 COMPILE=0 PARTS=cell scripts/bench_gpu.sh /tmp/dry   # dry run
 #
-# The golden tests need ../shared/reference; the end-to-end run uses a random-weight checkpoint written in the
-# released format (real weights cannot be fetched on a machine without internet), so it times, it does not score.
-# Knobs: PARTS (default "tests unet overhead e2e compile"), DEVICE (cuda), BATCH (256), BIG_BATCH (1024),
-# NUM (4096).
+# The golden tests need ../shared/reference. Real weights cannot be fetched on a machine without internet, so
+# the cell uses a random-weight checkpoint written in the released format (plain state dict, configs/cifar10.yml)
+# and pytorch-fid's FID Inception with random weights written in the real file format
+# (scripts/bench_fid_pass.py --write-inception), scored against N(0, I) statistics: it times the pipeline and
+# measures the TF32 effect; its FID is no model's quality. Expected on an H200: ≈ 40 s compilation, ≈ 170 s of
+# bf16 network time, features and FID well under a minute (docs/PERFORMANCE.md).
+# One device command may run 10 minutes: run PARTS=tests and PARTS=cell as two commands if the first is slow.
+# Knobs: PARTS (default "tests cell"; also: unet overhead compile), DEVICE (cuda), NUM (50000), BATCH (500, a
+# divisor of NUM keeps one compiled shape), PRECISION (bf16), COMPILE (1), METHOD (F-PNDM), STEPS (50).
 set -uo pipefail
 OUT_DIR=${1:-gpu_out}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-BATCH=${BATCH:-256}
-BIG_BATCH=${BIG_BATCH:-1024}
-NUM=${NUM:-4096}
-PARTS=" ${PARTS:-tests unet overhead e2e compile} "
+NUM=${NUM:-50000}
+BATCH=${BATCH:-500}
+PRECISION=${PRECISION:-bf16}
+COMPILE=${COMPILE:-1}
+METHOD=${METHOD:-F-PNDM}
+STEPS=${STEPS:-50}
+PARTS=" ${PARTS:-tests cell} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/bench_gpu.log"
+exec > >(tee -a "$LOG") 2>&1
 step() { echo; echo "=== $1 ($(date +%T))"; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 step environment
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
-  $PY -c 'import torch, platform; print("torch", torch.__version__, "cuda", torch.version.cuda,
-"python", platform.python_version(), torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")'
-} 2>&1 | tee "$OUT_DIR/env.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+$PY -c 'import torch, platform, os; print("torch", torch.__version__, "cuda", torch.version.cuda, "python",
+platform.python_version(), "cpus", os.cpu_count(),
+torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")'
+echo "DEVICE=$DEVICE NUM=$NUM BATCH=$BATCH PRECISION=$PRECISION COMPILE=$COMPILE METHOD=$METHOD STEPS=$STEPS"
 
-want tests && step "golden numbers on the device" && \
-timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15 | tee "$OUT_DIR/test_cuda.txt"
+want tests && step "golden numbers and the FID feature network's TF32 policy on the device" && \
+timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15
 
-want unet && step "UNet throughput, batch $BATCH, fp32/bf16/fp16 eager fast paths, both memory layouts" && \
-timeout 150 $PY scripts/bench_unet.py --device "$DEVICE" --batch "$BATCH" --iters 20 --rounds 5 \
-    --layouts channels_last,contiguous 2>&1 | tee "$OUT_DIR/unet_b$BATCH.txt"
-
-want unet && step "UNet throughput, batch $BIG_BATCH" && \
-timeout 150 $PY scripts/bench_unet.py --device "$DEVICE" --batch "$BIG_BATCH" --iters 5 --rounds 3 \
-    2>&1 | tee "$OUT_DIR/unet_b$BIG_BATCH.txt"
-
-want overhead && step "sampler overhead, batch $BATCH" && \
-timeout 120 $PY scripts/bench_samplers.py --skip-accuracy --device "$DEVICE" --overhead-batch "$BATCH" \
-    --overhead-steps 20 2>&1 | tee "$OUT_DIR/sampler_overhead.txt"
-
-if want e2e; then
-step "end to end: main.py sample, CIFAR-10 config, S-PNDM 50 steps, $NUM samples"
-CKPT=$(mktemp -d)/random_cifar10.ckpt
-$PY - "$CKPT" <<'EOF'
+if want cell; then
+  WORK=$(mktemp -d)
+  step "a $NUM-sample $METHOD-$STEPS FID cell, one pass ($PRECISION, compile=$COMPILE, batch $BATCH)"
+  $PY - "$WORK/random_cifar10.ckpt" <<'EOF'
 import sys
 import torch
 from models import build_model
 from models.factory import known_model_configs
 torch.manual_seed(0)
-torch.save(build_model(known_model_configs()["cifar10"]).state_dict(), sys.argv[1])
+torch.save(build_model(known_model_configs()["cifar10"]).state_dict(), sys.argv[1])  # the release's plain format
+print("random-weight CIFAR-10 checkpoint →", sys.argv[1])
 EOF
-for options in "--precision fp32" "--precision bf16" "--precision bf16 --compile"; do
-  SAMPLES=$(mktemp -d)
-  start=$(date +%s%N)
-  # shellcheck disable=SC2086
-  timeout 200 $PY main.py sample --config configs/cifar10.yml --ckpt "$CKPT" --device "$DEVICE" \
-      --method S-PNDM --steps 50 --num-samples "$NUM" --batch-size "$BIG_BATCH" $options \
-      --out "$SAMPLES" 2>&1 | tr '\r' '\n' | tail -2
-  ms=$(( ($(date +%s%N) - start) / 1000000 ))
-  echo "$options: $(find "$SAMPLES" -name '*.png' | wc -l) PNGs in $ms ms (process start included)"
-done 2>&1 | tee "$OUT_DIR/end_to_end.txt"
+  $PY scripts/bench_fid_pass.py --write-inception "$WORK/pt_inception_random.pth"
+  $PY scripts/bench_fid_pass.py --write-reference "$WORK/reference.npz" \
+      --inception-weights "$WORK/pt_inception_random.pth"
+  extra=(--precision "$PRECISION")
+  [ "$COMPILE" = 1 ] && extra+=(--compile)
+  start=$(now_ms)
+  # main.py sample --fid, in a process that also times the network alone (synchronized calls) and its first
+  # call (start-up/compilation); main.py prints the split of the rest ("seconds: sampling …, features …, PNG …")
+  timeout 590 $PY scripts/bench_fid_pass.py --timed-sample -- --config configs/cifar10.yml \
+      --ckpt "$WORK/random_cifar10.ckpt" --device "$DEVICE" --method "$METHOD" --steps "$STEPS" \
+      --num-samples "$NUM" --batch-size "$BATCH" "${extra[@]}" --out "$WORK/cell" --fid \
+      --stats "$WORK/reference.npz" --inception-weights "$WORK/pt_inception_random.pth" 2>&1 \
+      | tr '\r' '\n' | grep -v "img/s\]$\|it/s\]$" | tail -12
+  echo "wall time of the whole command, process start included: $(( $(now_ms) - start )) ms"
+  echo "PNG files: $(find "$WORK/cell" -name '*.png' | wc -l); fid.json: $(cat "$WORK/cell/fid.json" 2>/dev/null \
+      | tr -d '\n ')"
+
+  step "FID of the cell with the feature network's TF32 off and on (PNGs read back)"
+  timeout 300 $PY scripts/bench_fid_pass.py --tf32-compare "$WORK/cell" --stats "$WORK/reference.npz" \
+      --inception-weights "$WORK/pt_inception_random.pth" --device "$DEVICE" 2>&1 | grep -v "^\s*$"
+  rm -rf "$WORK"
 fi
+
+want unet && step "UNet throughput, batch $BATCH, fp32/bf16/fp16 eager fast paths" && \
+timeout 150 $PY scripts/bench_unet.py --device "$DEVICE" --batch "$BATCH" --iters 20 --rounds 5
+
+want overhead && step "sampler overhead, batch $BATCH" && \
+timeout 120 $PY scripts/bench_samplers.py --skip-accuracy --device "$DEVICE" --overhead-batch "$BATCH" \
+    --overhead-steps 20
 
 want compile && step "UNet throughput with torch.compile, batch $BATCH" && \
 timeout 300 $PY scripts/bench_unet.py --device "$DEVICE" --batch "$BATCH" --iters 20 --rounds 5 \
-    --precisions fp32,bf16 --compile 2>&1 | tee "$OUT_DIR/unet_b${BATCH}_compile.txt"
+    --precisions fp32,bf16 --compile
 step done
+echo "log: $LOG"

@@ -92,3 +92,30 @@ def test_per_sample_generators_on_cuda_are_batch_invariant():
     both = sample(model, x_T, schedule, method="DDPM", steps=20, generator=gens([10, 11, 12, 13]))
     last = sample(model, x_T[3:], schedule, method="DDPM", steps=20, generator=gens([13]))
     torch.testing.assert_close(both[3:], last, atol=1e-6, rtol=0)
+
+
+def test_feature_network_runs_without_tf32_and_restores_the_settings():
+    """FID features on the GPU: TF32 off inside the extractor whatever the caller set, the caller's settings back
+    afterwards, the CPU's features within float32 rounding, and no dependence on the batch size."""
+    from pathlib import Path
+
+    from runners.features import build_extractor
+
+    weights = Path(__file__).resolve().parents[1] / "models" / "weights" / "digits_classifier.pt"
+    on_gpu, on_cpu = build_extractor("digits", str(weights), CUDA), build_extractor("digits", str(weights), "cpu")
+    seen, real = [], on_gpu._features
+    on_gpu._features = lambda x: seen.append((torch.backends.cuda.matmul.allow_tf32,
+                                              torch.backends.cudnn.allow_tf32)) or real(x)
+    images = torch.randint(0, 256, (150, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        features = on_gpu(images)
+        assert set(seen) == {(False, False)}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    torch.testing.assert_close(features, on_cpu(images), atol=1e-5, rtol=1e-5)
+    for batch in (1, 7, 64):
+        pieces = torch.cat([on_gpu(images[lo:lo + batch]) for lo in range(0, len(images), batch)])
+        assert torch.equal(pieces, features), batch
