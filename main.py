@@ -6,6 +6,7 @@
     python main.py fid    --config configs/cifar10.yml --samples runs/cifar10/f-pndm-50
     python main.py stats  --config configs/cifar10.yml --out fid_stats_cifar10_train.npz
     python main.py ablate --config configs/digits.yml --out runs/digits-ablation
+    python main.py tune-grid --config configs/digits.yml --method 'UniPC-3(bh2)' --nfe 5 --out runs/grid-5.json
     python main.py train  --config configs/digits.yml --workdir runs/digits-train
 
 Each subcommand has --help. Any config key can be overridden with --set Section.key=value.
@@ -58,7 +59,7 @@ METHOD_HELP = (f"one of {', '.join(_BASES)}; a fixed-step method runs on another
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,fid,stats,ablate,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sample,fid,stats,ablate,tune-grid,train}")
 
     p = sub.add_parser("sample", help="sample images to PNG files (resumable, torchrun-aware)")
     _common(p)
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=None, help="DDIM only: stochasticity η (0 = deterministic)")
     p.add_argument("--num-samples", type=int, default=None, help="default: Sample.total_num")
     p.add_argument("--out", required=True, help="output folder: DIR/000000.png … and DIR/manifest.json")
+    p.add_argument("--timesteps-file", default=None,
+                   help="run on a tuned time grid (a grid.json from 'tune-grid') instead of --steps; the method "
+                        "defaults to the grid's (default: Sample.timesteps_file)")
+    p.add_argument("--force", action="store_true",
+                   help="use a grid file tuned for another checkpoint, method or schedule")
     p.add_argument("--fid", action="store_true", help="compute the FID of the samples when done")
     _features(p, "with --fid: reference statistics (default: FID.stats)")
 
@@ -96,7 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-samples", type=int, default=None,
                    help="samples per seed used for the distance to the reference solution (default: "
                         "FID.reference_samples or 64)")
+    p.add_argument("--timesteps-file", default=None,
+                   help="comma-separated grid files from 'tune-grid': each adds a cell running its method on "
+                        "the tuned grid (METHOD@tuned in the tables)")
+    p.add_argument("--force", action="store_true", help="use grid files tuned for another checkpoint or schedule")
     p.add_argument("--out", required=True, help="output folder: DIR/<method>-<steps>[-s<seed>]/, results.*")
+
+    p = sub.add_parser("tune-grid", help="learn a time grid for this network and method at a given NFE")
+    _common(p)
+    p.add_argument("--ckpt", default=None, help="checkpoint file or diffusers folder (default: Model.ckpt)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    p.add_argument("--method", default=None, help="a deterministic fixed-step method (default: Sample.method); "
+                                                  "NAME@SPACING starts the tuning from that spacing")
+    p.add_argument("--nfe", type=int, required=True, help="the budget of model evaluations the grid is for")
+    p.add_argument("--num-samples", type=int, default=256,
+                   help="noise samples to tune on (part is held out for validation) (default: 256)")
+    p.add_argument("--eval-samples", type=int, default=128,
+                   help="further noise samples, never used for tuning, on which the tuned grid and every fixed "
+                        "spacing are compared (default: 128)")
+    p.add_argument("--iterations", type=int, default=None, help="optimiser iterations (default: the library's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tuning noise (its own stream: never the "
+                                                       "noise 'sample' draws for any seed) (default: 0)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per model call for the reference solves (default: Sample.batch_size)")
+    p.add_argument("--out", required=True, help="output grid file (JSON), for sample/ablate --timesteps-file")
 
     p = sub.add_parser("train", help="train an ε-prediction DDPM (resumable, torchrun-aware)")
     _common(p)

@@ -10,7 +10,8 @@ from pathlib import Path
 from .config import get, load_config
 from .errors import ArgumentError, ConfigError, UserError
 from .files import check_output_file, check_output_folder
-from .jobs import AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob
+from .grid_files import check_grid_for, read_grid_file
+from .jobs import AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob
 from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, positive, resolve_device,
                     resolve_plan, schedule_of, sha256_file)
 
@@ -87,6 +88,18 @@ def _sampling(method: str, steps, convention: str, schedule, eta=None, explicit_
     return Sampling(p.method.name, None if adaptive else steps, convention, eta, p.nfe)
 
 
+def _tuned_sampling(grid, method: str, convention: str, schedule, eta=None) -> Sampling:
+    """A sampler setting that runs ``method`` on a tuned grid file's timesteps instead of its own grid."""
+    if "@" in method:
+        raise ArgumentError(f"a tuned grid replaces the method's own grid: give {method.split('@')[0]!r}, not "
+                            f"{method!r}")
+    try:
+        p = resolve_plan(method, schedule, None, convention, eta, timesteps=grid.timesteps)
+    except ArgumentError as e:
+        raise ArgumentError(f"grid file {grid.path}: {e}") from None
+    return Sampling(p.method.name, len(grid.timesteps) - 1, convention, eta, p.nfe, tuple(grid.timesteps))
+
+
 def _model(args, cfg: dict):
     _check_model(cfg)
     return model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint,
@@ -110,15 +123,27 @@ def _shape_or_rgb(cfg: dict) -> tuple:
 
 def sample_job(args) -> SampleJob:
     cfg = load_config(args.config, args.overrides)
-    method = pick(args.method, get(cfg, "Sample", "method"))
-    if method is None:
-        raise ArgumentError("no method: pass --method or set Sample.method")
     schedule = schedule_of(cfg)
-    sampling = _sampling(method, pick(args.steps, get(cfg, "Sample", "steps")), _convention(args, cfg), schedule,
-                         args.eta, explicit_steps=args.steps is not None)
+    grid_path = pick(args.timesteps_file, get(cfg, "Sample", "timesteps_file"))
+    if grid_path is None:
+        method = pick(args.method, get(cfg, "Sample", "method"))
+        if method is None:
+            raise ArgumentError("no method: pass --method or set Sample.method")
+        sampling = _sampling(method, pick(args.steps, get(cfg, "Sample", "steps")), _convention(args, cfg),
+                             schedule, args.eta, explicit_steps=args.steps is not None)
+        model = _model(args, cfg)
+    else:
+        grid = read_grid_file(grid_path)
+        if args.steps is not None:
+            raise ArgumentError("--steps and a tuned grid (--timesteps-file / Sample.timesteps_file) both given; "
+                                "the grid sets the steps")
+        method = pick(args.method, grid.method)  # the grid's method unless the user names one
+        sampling = _tuned_sampling(grid, method, _convention(args, cfg), schedule, args.eta)
+        model = _model(args, cfg)
+        check_grid_for(grid, method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
     job = SampleJob(
         config=cfg, out=check_output_folder(args.out), sampling=sampling, schedule=schedule,
-        model=_model(args, cfg), seed=nonnegative("--seed", pick(args.seed, get(cfg, "Sample", "seed", 0))),
+        model=model, seed=nonnegative("--seed", pick(args.seed, get(cfg, "Sample", "seed", 0))),
         num_samples=positive("--num-samples", pick(args.num_samples, get(cfg, "Sample", "total_num"))),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         image_shape=image_shape(cfg), device=_device(args),
@@ -168,6 +193,17 @@ def ablate_job(args) -> AblateJob:
             cell = _sampling(method, steps, convention, schedule)
             if cell not in cells:  # an adaptive method is one cell whatever the steps
                 cells.append(cell)
+    model = _model(args, cfg)
+    for path in _split(args.timesteps_file, "--timesteps-file") if args.timesteps_file is not None else []:
+        grid = read_grid_file(path)
+        check_grid_for(grid, grid.method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        cell = _tuned_sampling(grid, grid.method, convention, schedule)
+        twin = next((c for c in cells if (c.label, c.steps) == (cell.label, cell.steps)), None)
+        if twin is not None and twin != cell:
+            raise ArgumentError(f"two tuned grids for {cell.method} with {cell.steps} steps; give one per method "
+                                f"and step count")
+        if twin is None:
+            cells.append(cell)
     num = pick(args.num_samples, get(cfg, "FID", "num_samples"))
     if num is None:
         raise ArgumentError("no sample count: pass --num-samples or set FID.num_samples")
@@ -175,13 +211,42 @@ def ablate_job(args) -> AblateJob:
         raise ArgumentError(f"--num-samples must be at least 2 for a FID, got {num}")
     return AblateJob(
         config=cfg, out=check_output_folder(args.out), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
-        schedule=schedule, model=_model(args, cfg), fid=_fid_spec(cfg, args.stats, args.inception_weights, None),
+        schedule=schedule, model=model, fid=_fid_spec(cfg, args.stats, args.inception_weights, None),
         num_samples=positive("--num-samples", num),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         reference_samples=positive("--reference-samples",
                                    pick(args.reference_samples, get(cfg, "FID", "reference_samples", 64))),
         image_shape=image_shape(cfg), device=_device(args),
         noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
+
+
+def tune_job(args) -> TuneJob:
+    from samplers import get_method
+
+    cfg = load_config(args.config, args.overrides)
+    schedule = schedule_of(cfg)
+    method = pick(args.method, get(cfg, "Sample", "method"))
+    if method is None:
+        raise ArgumentError("no method: pass --method or set Sample.method")
+    from samplers.tuning import steps_for_nfe, tunable_method
+
+    nfe = positive("--nfe", args.nfe)
+    try:
+        base, _ = tunable_method(method)
+        steps_for_nfe(base, nfe, schedule.T)
+        m = get_method(method)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    _check_model(cfg)
+    # fp32 and eager whatever Sample.precision/compile say: the tuning differentiates through the network
+    model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
+    return TuneJob(config=cfg, out=check_output_file(args.out), method=m.name, nfe=nfe, schedule=schedule,
+                   model=model, num_samples=positive("--num-samples", args.num_samples),
+                   eval_samples=positive("--eval-samples", args.eval_samples),
+                   seed=nonnegative("--seed", args.seed),
+                   iterations=None if args.iterations is None else positive("--iterations", args.iterations),
+                   batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
+                   image_shape=image_shape(cfg), device=_device(args))
 
 
 def train_job(args) -> TrainJob:
@@ -217,6 +282,10 @@ def run(args) -> None:
         from .ablate import run_ablation
 
         run_ablation(ablate_job(args))
+    elif args.command == "tune-grid":
+        from .tune import run_tune_job
+
+        run_tune_job(tune_job(args))
     elif args.command == "train":
         from .training import run_training
 
@@ -227,6 +296,8 @@ def run(args) -> None:
 
 def interrupted_hint(args) -> str:
     """What to do after Ctrl-C, true to what is on disk."""
+    if args.command == "tune-grid":
+        return "no grid file was written; rerun the same command to tune again"
     if args.command != "train":
         return "rerun the same command to continue where it stopped"
     from .training import LAST

@@ -35,13 +35,26 @@ class FidSpec:
 
 @dataclass(frozen=True)
 class Sampling:
-    """One sampler setting: the validated plan's method name, steps, convention and η."""
+    """One sampler setting: the validated plan's method name, steps, convention and η — or, instead of a built-in
+    grid, the ``timesteps`` of a tuned grid file (then ``steps`` is its number of steps)."""
 
     method: str
     steps: Optional[int]
     convention: str
     eta: Optional[float] = None
     nfe: Optional[int] = None  # known in advance except for adaptive methods
+    timesteps: Optional[tuple] = None  # a tuned grid (main.py tune-grid), replacing the method's own
+
+    @property
+    def label(self) -> str:
+        """The name tables and folders use: the method, marked ``@tuned`` when it runs on a tuned grid."""
+        return self.method if self.timesteps is None else f"{self.method}@tuned"
+
+    def sample_kwargs(self) -> dict:
+        """The arguments ``samplers.sample`` takes for this setting (besides model, x_T and schedule)."""
+        if self.timesteps is not None:
+            return dict(method=self.method, timesteps=list(self.timesteps), convention=self.convention, eta=self.eta)
+        return dict(method=self.method, steps=self.steps, convention=self.convention, eta=self.eta)
 
 
 @dataclass(frozen=True)
@@ -68,13 +81,16 @@ class SampleJob:
     def identity(self) -> dict:
         """What must match for two runs to write the same images (batch size and sample count excluded)."""
         cfg = self.config
-        return {
+        identity = {
             "method": self.sampling.method, "steps": self.sampling.steps, "convention": self.sampling.convention,
             "eta": self.sampling.eta, "seed": self.seed, "precision": self.model.precision,
             "image_shape": list(self.image_shape), "checkpoint_sha256": self.model.checkpoint_sha256,
             "Schedule": cfg.get("Schedule", {}),
             "Model": {k: v for k, v in cfg.get("Model", {}).items() if k != "ckpt"},
         }
+        if self.sampling.timesteps is not None:  # only then: folders of built-in grids keep their identity
+            identity["timesteps"] = list(self.sampling.timesteps)
+        return identity
 
 
 @dataclass(frozen=True)
@@ -121,13 +137,32 @@ class AblateJob:
     device: Optional[str] = None
 
     def cell_dir(self, cell: Sampling, seed: int) -> Path:
-        name = cell.method if cell.steps is None else f"{cell.method}-{cell.steps}"
+        name = cell.label if cell.steps is None else f"{cell.label}-{cell.steps}"
         return self.out / name / f"seed{seed}"
 
     def sample_job(self, cell: Sampling, seed: int) -> SampleJob:
         return SampleJob(config=self.config, out=self.cell_dir(cell, seed), sampling=cell,
                          schedule=self.schedule, model=self.model, num_samples=self.num_samples, seed=seed,
                          batch_size=self.batch_size, image_shape=self.image_shape, device=self.device)
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """``main.py tune-grid``: a time grid for ``method`` at ``nfe`` evaluations, learned on this network."""
+
+    config: dict
+    out: Path  # the grid file
+    method: str  # as given: BASE or BASE@spacing (the spacing the tuning starts from)
+    nfe: int
+    schedule: NoiseSchedule
+    model: ModelSpec
+    num_samples: int  # tuning noise (the library holds part of it out)
+    eval_samples: int  # further noise for the final comparison with the fixed spacings
+    seed: int
+    iterations: Optional[int]
+    batch_size: int
+    image_shape: tuple
+    device: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,10 @@ def image_shape(cfg: dict) -> tuple[int, int, int]:
 
 
 def resolve_plan(method: str, schedule: NoiseSchedule, steps: Optional[int], convention: str,
-                 eta: Optional[float] = None):
+                 eta: Optional[float] = None, timesteps=None):
     """The validated sampling plan (``samplers.plan``): the same checks ``sample()`` makes, before any work."""
     try:
-        return plan(method, schedule, steps, convention, eta=eta)
+        return plan(method, schedule, steps, convention, eta=eta, timesteps=timesteps)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
 

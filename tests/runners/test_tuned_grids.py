@@ -1,0 +1,176 @@
+"""Tuned time grids on the command line: grid files read by sample/ablate --timesteps-file (and
+Sample.timesteps_file), the refusals that keep a grid with the network and method it was tuned for, and
+main.py tune-grid end to end."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from main import main
+from runners.images import sample_path
+from runners.setup import sha256_file
+
+from .conftest import write_tiny
+
+GRID = [999.0, 610.5, 300.25, 90.0, 12.5, -1.0]
+
+
+def grid_file(path: Path, ckpt: Path, method="DDIM", timesteps=GRID, **extra) -> Path:
+    data = {"format": "pndm-time-grid/1", "timesteps": timesteps, "method": method, "nfe": len(timesteps) - 1,
+            "checkpoint_sha256": sha256_file(ckpt),
+            "schedule": {"type": "linear", "beta_start": 1e-4, "beta_end": 0.02, "diffusion_step": 1000}, **extra}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run(*args):
+    return main([*map(str, args), "--device", "cpu"])
+
+
+def test_sample_on_a_tuned_grid_matches_the_library_and_records_the_grid(tiny, tmp_path):
+    from models import load_model
+    from runners.images import to_uint8
+    from runners.sampling import initial_noise
+    from samplers import NoiseSchedule, sample
+
+    cfg, ckpt = tiny
+    out = tmp_path / "out"
+    assert run("sample", "--config", cfg, "--out", out, "--num-samples", 3,
+               "--timesteps-file", grid_file(tmp_path / "g.json", ckpt)) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["method"], m["steps"], m["nfe"]) == ("DDIM", 5, 5)
+    assert m["identity"]["timesteps"] == GRID
+    model = load_model(yaml.safe_load(cfg.read_text()), ckpt)
+    with torch.no_grad():
+        x0 = sample(model, initial_noise(range(3), (1, 8, 8), 0), NoiseSchedule("linear"), "DDIM", timesteps=GRID)
+    for i, expected in enumerate(to_uint8(x0, True)):
+        with Image.open(sample_path(out, i, 3)) as im:
+            got = torch.from_numpy(__import__("numpy").array(im))
+        assert (got.int() - expected[0].int()).abs().max() <= 1  # channels-last fast path vs plain module
+
+
+def test_the_config_key_names_a_grid_too(tiny, tmp_path):
+    cfg, ckpt = tiny
+    path = grid_file(tmp_path / "g.json", ckpt, method="UniPC-3(bh2)")
+    out = tmp_path / "out"
+    assert run("sample", "--config", cfg, "--out", out, "--num-samples", 2,
+               "--set", f"Sample.timesteps_file={path}") == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["method"], m["steps"]) == ("UniPC-3(bh2)", 5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("checkpoint", "tuned for checkpoint"),
+    ("method", "tuned for DDIM, not S-PNDM"),
+    ("schedule", "tuned for schedule"),
+])
+def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_path, capsys, case, message):
+    cfg, ckpt = tiny
+    (tmp_path / "other").mkdir()
+    _, other_ckpt = write_tiny(tmp_path / "other", seed=1)
+    path = {"checkpoint": lambda: grid_file(tmp_path / "g.json", other_ckpt),
+            "method": lambda: grid_file(tmp_path / "g.json", ckpt),
+            "schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"type": "cosine"})}[case]()
+    extra = ("--method", "S-PNDM") if case == "method" else ()
+    assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2, "--timesteps-file", path,
+               *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "--force" in err
+    assert not (tmp_path / "out").exists()
+    assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2, "--timesteps-file", path,
+               "--force", *extra) == 0
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    ("not json", (), "not a grid file"),
+    (json.dumps({"timesteps": [999, 500, -1]}), (), "not a grid file"),
+    (json.dumps({"timesteps": ["a"], "method": "DDIM"}), (), "list of numbers"),
+    (json.dumps({"timesteps": [999, 999, -1], "method": "DDIM"}), (), "strictly decreasing"),
+    (json.dumps({"timesteps": [1200, 500, -1], "method": "DDIM"}), (), "beyond"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM"}), ("--steps", 5), "--steps and a tuned grid"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM"}), ("--method", "DDIM@karras"), "not 'DDIM@karras'"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "PF"}), (), "PF is an adaptive solver"),
+])
+def test_bad_grid_files_are_one_line(tiny, tmp_path, capsys, content, extra, message):
+    cfg, _ = tiny
+    path = tmp_path / "g.json"
+    path.write_text(content)
+    assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2,
+               "--timesteps-file", path, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_grid_file(tiny, tmp_path, capsys):
+    cfg, _ = tiny
+    assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--timesteps-file", tmp_path / "nope.json") == 2
+    assert "grid file not found" in capsys.readouterr().err
+
+
+def test_ablate_adds_a_tuned_cell_next_to_the_fixed_ones(tiny, tmp_path, capsys):
+    cfg, ckpt = tiny
+    path = grid_file(tmp_path / "g.json", ckpt)
+    out = tmp_path / "abl"
+    args = ("ablate", "--config", cfg, "--out", out, "--methods", "DDIM", "--steps", "5", "--num-samples", 4,
+            "--reference-samples", 2, "--timesteps-file", path)
+    assert run(*args) == 0
+    assert (out / "DDIM-5" / "seed0" / "cell.json").is_file()
+    tuned = json.loads((out / "DDIM@tuned-5" / "seed0" / "cell.json").read_text())
+    assert tuned["method"] == "DDIM@tuned" and tuned["nfe"] == 5
+    assert "DDIM@tuned" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert run(*args) == 0  # cached: nothing resampled
+    assert json.loads((out / "DDIM@tuned-5" / "seed0" / "cell.json").read_text()) == tuned
+
+
+def test_tune_grid_end_to_end_then_sample_with_it(tiny, tmp_path, capsys):
+    from runners.setup import sha256_file
+
+    cfg, ckpt = tiny
+    out = tmp_path / "grid.json"
+    assert run("tune-grid", "--config", cfg, "--method", "DDIM", "--nfe", 4, "--num-samples", 8,
+               "--eval-samples", 4, "--iterations", 2, "--out", out) == 0
+    g = json.loads(out.read_text())
+    assert (g["method"], g["nfe"], g["steps"]) == ("DDIM", 4, 4)
+    ts = g["timesteps"]
+    assert ts[0] == 999 and ts[-1] == -1 and all(a > b for a, b in zip(ts, ts[1:])) and ts[-2] >= 0
+    assert g["checkpoint_sha256"] == sha256_file(ckpt)
+    assert g["loss"]["held_out_loss"] <= g["loss"]["held_out_loss_start"]
+    fixed = g["comparison"]["fixed"]
+    assert "DDIM@paper" in fixed and "DDIM@quadratic" in fixed and g["comparison"]["best_fixed"] in fixed
+    assert "best fixed spacing" in capsys.readouterr().out
+    assert run("sample", "--config", cfg, "--out", tmp_path / "s", "--num-samples", 2, "--timesteps-file", out) == 0
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert (m["method"], m["nfe"], m["identity"]["timesteps"]) == ("DDIM", 4, ts)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--method", "F-PNDM", "--nfe", 5), "too small to tune F-PNDM"),
+    (("--method", "DDPM", "--nfe", 5), "stochastic"),
+    (("--method", "PF", "--nfe", 5), "adaptive"),
+    (("--method", "nope", "--nfe", 5), "unknown method"),
+    (("--method", "DDIM", "--nfe", 0), "--nfe must be at least 1"),
+])
+def test_tune_grid_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
+    cfg, _ = tiny
+    assert run("tune-grid", "--config", cfg, "--out", tmp_path / "g.json", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_tune_grid_refuses_a_network_without_time_gradients(tiny, tmp_path, capsys, monkeypatch):
+    import runners.tune as tune
+
+    cfg, _ = tiny
+    real = tune.load_network
+    monkeypatch.setattr(tune, "load_network", lambda job, device: (lambda f: lambda x, t: f(x, t.detach()))(
+        real(job, device)))
+    assert run("tune-grid", "--config", cfg, "--method", "DDIM", "--nfe", 3, "--num-samples", 8,
+               "--eval-samples", 2, "--out", tmp_path / "g.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differentiable" in err, err
