@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_group_norm import use_channels_last_group_norm
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Eps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,8 +48,9 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
 
     - fused `scaled_dot_product_attention` in the attention blocks (their `use_sdpa` default; the model's
       own setting is kept, so a model switched to explicit attention stays a reference);
-    - channels-last memory layout for the convolutions; `channels_last=None` picks it where it was measured to
-      help: on the CPU (1.14× in fp32) but not on CUDA, where GroupNorm on channels-last tensors made the
+    - channels-last memory layout for the convolutions, with GroupNorm computed on the channels-last view
+      (`fast_group_norm`); `channels_last=None` picks it where it was measured to help: on the CPU (1.4× in
+      fp32 for the digits UNet at batch 1000, docs/PERFORMANCE.md) but not on CUDA, where GroupNorm on channels-last tensors made the
       CIFAR-10 UNet 0.83× as fast eagerly (H200, batch 256; docs/PERFORMANCE.md);
     - `precision` 'bf16' or 'fp16': autocast; the result is returned in x's dtype;
       a precision the model's device cannot run raises ValueError;
@@ -64,6 +67,8 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", compile: bo
     layout = torch.channels_last if (device.type == "cpu" if channels_last is None else channels_last) \
         else torch.contiguous_format
     fast = fast.to(memory_format=layout)
+    if layout is torch.channels_last:  # PyTorch's GroupNorm is slow on channels-last CPU tensors
+        use_channels_last_group_norm(fast)
     network = torch.compile(fast) if compile else fast
     dtype = PRECISIONS[precision]
 
