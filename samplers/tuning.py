@@ -44,7 +44,8 @@ TEACHER = "UniPC-3(bh2)"
 
 @dataclass
 class TuningInfo:
-    """What ``tune_timesteps`` did. Losses are geometric means over samples of the RMS distance to the teacher, on
+    """What ``tune_timesteps`` did. Losses are RMS distances to the teacher as its ``loss`` measures them (the
+    geometric mean over samples of the per-sample RMS for "log", the RMS over all samples for "mse"), on
     the tuning samples (``train_*``) and the held-out ones (``held_out_*``), for the start grid and the result;
     ``start_losses``: each candidate start's loss on (up to) two batches of tuning samples."""
 
@@ -250,16 +251,29 @@ def _log_mse(x: Tensor, ref: Tensor) -> Tensor:
     return per.clamp_min(1e-300).log()
 
 
-def _loss_of(model, schedule, m, timesteps, x_T, ref, batch_size) -> float:
-    """The loss of the method on the float grid ``timesteps`` over all of x_T (no grad): the geometric mean of
-    the per-sample RMS distances to the teacher, exp(mean(log MSE_i)/2)."""
+LOSSES = ("log", "mse")
+
+
+def _per_sample(loss: str, x: Tensor, ref: Tensor) -> Tensor:
+    """Each sample's term of the loss: log MSE ("log") or MSE ("mse")."""
+    if loss == "log":
+        return _log_mse(x, ref)
+    return (x.to(torch.float64) - ref.to(torch.float64)).pow(2).flatten(1).mean(1)
+
+
+def _report(loss: str, mean_term: float) -> float:
+    """A mean of per-sample terms as an RMS distance: exp(mean log MSE / 2) or sqrt(mean MSE)."""
+    return math.exp(0.5 * mean_term) if loss == "log" else math.sqrt(mean_term)
+
+
+def _loss_of(model, schedule, m, timesteps, x_T, ref, batch_size, loss: str = "log") -> float:
+    """The loss of the method on the float grid ``timesteps`` over all of x_T (no grad), as an RMS distance: the
+    geometric mean of the per-sample RMS distances to the teacher ("log") or the RMS over all samples ("mse")."""
     with torch.no_grad():
-        total = sum(_log_mse(student(model, schedule, m, x, timesteps), r).sum().item()
+        total = sum(_per_sample(loss, student(model, schedule, m, x, timesteps), r).sum().item()
                     for x, r in zip(x_T.split(batch_size), ref.split(batch_size)))
-    return math.exp(0.5 * total / len(x_T))
+    return _report(loss, total / len(x_T))
 
-
-# ------------------------------------------------------------------------------------------------------------
 
 def tune_timesteps(
     model: Callable[[Tensor, Tensor], Tensor],
@@ -278,6 +292,7 @@ def tune_timesteps(
     slack: float = 0.0,
     start: Union[None, str, Sequence[float]] = None,
     teacher_steps: int = 100,
+    loss: str = "log",
     return_info: bool = False,
 ):
     """Timesteps for ``method`` at ≤ ``nfe`` model evaluations, fitted so that its samples from the noises
@@ -295,7 +310,9 @@ def tune_timesteps(
     steps of learning rate ``lr`` on ``LogSNRGrid``'s logits, each on ``batch_size`` tuning samples; ``slack``:
     LD3's soft teacher-forcing radius (0: off). ``start``: None (the ``@spacing`` given, else the spacing of
     ``grids.SPACINGS`` with the lowest loss on up to two batches of tuning samples), a spacing, or a grid with
-    the right number of steps. The same inputs and ``seed`` give the same grid.
+    the right number of steps. ``loss``: "log" (default; the mean over samples of log MSE: every sample's relative
+    improvement counts alike, which tracks the median sample) or "mse" (the mean MSE: the RMS over all samples,
+    which the few samples ending in another mode dominate). The same inputs and ``seed`` give the same grid.
     ``callback(dict)`` after each iteration: iteration, iterations, train_loss (of the batch, before the step),
     held_out_loss (after it), best_held_out_loss, grid. Losses: ``TuningInfo``.
     """
@@ -310,6 +327,8 @@ def tune_timesteps(
     iterations, batch_size = as_int("iterations", iterations), as_int("batch_size", batch_size)
     if iterations < 0 or batch_size < 1:
         raise ValueError(f"need iterations >= 0 and batch_size >= 1, got {iterations} and {batch_size}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if not (0 <= slack < math.inf and 0 < lr < math.inf):
         raise ValueError(f"need lr > 0 and slack >= 0, got lr={lr}, slack={slack}")
     if reference is not None and (not isinstance(reference, Tensor) or reference.shape != x_T.shape):
@@ -329,7 +348,7 @@ def tune_timesteps(
     x_tr, r_tr, x_ho, r_ho = x_T[train], reference[train], x_T[held], reference[held]
 
     def loss_of(grid, x, r):
-        return _loss_of(model, schedule, base, grid, x, r, batch_size)
+        return _loss_of(model, schedule, base, grid, x, r, batch_size, loss)
 
     probe = slice(0, 2 * batch_size)  # the start: the lowest loss on (up to) two batches of tuning samples
     start_losses = {name: loss_of(grid, x_tr[probe], r_tr[probe]) for name, grid in starts.items()}
@@ -351,8 +370,8 @@ def tune_timesteps(
         idx = next(batches)
         with torch.enable_grad():  # also when called under torch.no_grad()
             x = x_tr[idx] if slack == 0 else x_tr[idx] + delta[idx]
-            loss = _log_mse(student(model, schedule, base, x, params.timesteps()), r_tr[idx]).mean()
-            for p, g in zip(wrt, torch.autograd.grad(loss, wrt)):
+            objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx]).mean()
+            for p, g in zip(wrt, torch.autograd.grad(objective, wrt)):
                 p.grad = g
         for opt in optimisers:
             opt.step()
@@ -365,7 +384,7 @@ def tune_timesteps(
         if held_out < best["loss"]:
             best = dict(loss=held_out, grid=grid, iteration=it)
         if callback is not None:
-            callback(dict(iteration=it, iterations=iterations, train_loss=math.exp(0.5 * loss.item()),
+            callback(dict(iteration=it, iterations=iterations, train_loss=_report(loss, objective.item()),
                           held_out_loss=held_out, best_held_out_loss=best["loss"], grid=grid))
     result = check_timesteps(best["grid"], T)
     if not return_info:

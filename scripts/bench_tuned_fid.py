@@ -9,8 +9,8 @@ For each NFE budget:
 1. screen: every fixed-step deterministic method of ``samplers.available()`` on the paper's grid and on every
    spacing of ``samplers.grids.SPACINGS``, at the largest step count whose NFE fits, FID on the first
    ``--screen-samples`` noises of seed 0 (digits-classifier features, the demo's FID);
-2. tune: ``tune_timesteps`` for the base methods of the best ``--tune-top`` screened configurations, each started
-   from its screened spacing (so the tuned grid is that configuration made better), on ``--n-tune`` noises of
+2. tune: ``tune_timesteps`` for the best ``--tune-top`` screened configurations on a spacing (a tuned grid starts
+   at T−1 as they do; the paper's grid does not), each started from that spacing, on ``--n-tune`` noises of
    their own stream (``runners.tune.TUNE_STREAM``: never the scored noise);
 3. score: the best ``--final-top`` fixed configurations and the tuned grids on ``--samples`` samples for every
    seed of ``--seeds`` (the noise ``main.py sample`` draws: streams the tuning never sees), FID mean ± sd over
@@ -106,7 +106,8 @@ def main() -> None:
         for name, steps in ranked[:args.final_top]:
             rows.append((f"{name} ({steps} steps, fixed)", fid_over_seeds(method=name, steps=steps),
                          median_rms(method=name, steps=steps), None))
-        tuned_methods = list(dict.fromkeys(n for n, _ in ranked))[:args.tune_top]
+        # a tuned grid starts at T−1, so it starts from the best screened spacings that do too (not @paper)
+        tuned_methods = [n for n, _ in ranked if not n.endswith("@paper")][:args.tune_top]
         for name in tuned_methods:
             t1 = time.perf_counter()
             grid = tune_timesteps(net, fid.schedule, name, nfe, x_tune, reference=ref_tune,

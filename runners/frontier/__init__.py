@@ -9,6 +9,8 @@ lines over this package.
 * ``ours_side`` — which of ``samplers.available()`` take part, and their step count for a budget.
 * ``analytic`` — THE analytic RMSE to the exact probability-flow endpoint over Gaussian mixtures
   (``MixtureSet``), and both benchmarks' tables of it (``analytic_table``, ``accuracy_table``).
+* ``tuned`` — the tuned rows: a grid learned by ``samplers.tune_timesteps`` per mixture, method and budget on
+  noise disjoint from the scored noise (``TuneSettings``, ``tuned_rows``).
 * ``fid_screen`` — FID on the digits demo model (``DigitsFID``) and the screen → final → seed-spread stage
   (``fid_table``).
 * ``overhead`` — the samplers' time outside a CIFAR-10-sized network.
@@ -22,9 +24,11 @@ from .fid_screen import DigitsFID, fid_table
 from .ours_side import PAPER_METHODS, our_fit, our_methods
 from .report import markdown, seed_text
 from .run import budget_list, parse_seeds, run_frontier, run_samplers
+from .tuned import TUNE_OFFSET, TUNED_METHODS, TuneSettings, tuned_rows
 
 __all__ = [
     "DIFFUSERS_BETAS", "FLIP", "PAPER_METHODS", "DigitsFID", "MixtureSet", "accuracy_table", "analytic_table",
     "budget_list", "diffusers_configs", "diffusers_fit", "fid_table", "markdown", "our_fit", "our_methods",
-    "parse_seeds", "run_diffusers", "run_frontier", "run_samplers", "run_scheduler", "seed_text",
+    "parse_seeds", "run_diffusers", "run_frontier", "run_samplers", "run_scheduler", "seed_text", "TUNE_OFFSET",
+    "TUNED_METHODS", "TuneSettings", "tuned_rows",
 ]

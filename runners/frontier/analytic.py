@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from samplers import NoiseSchedule, sample, uniform_grid
 
 from .diffusers_side import T, diffusers_configs, diffusers_fit, run_diffusers
 from .ours_side import our_fit, our_methods
+from .tuned import TuneSettings, tuned_rows
 
 FLIP = 0.5  # a sample whose RMSE exceeds this ended in another mixture component (component means are ~1.4 apart)
 COMPONENTS, SHAPE = 8, (3, 8, 8)
@@ -45,18 +46,25 @@ class MixtureSet:
 
     def errors(self, x0: torch.Tensor, exact: torch.Tensor) -> dict:
         """Per-mixture RMSE of ``x0`` against ``exact``: their mean ('rmse', the headline statistic) and median,
-        and the number of samples that ended in another component ('flips', a sample RMSE above ``FLIP``)."""
-        per_sample = ((x0 - exact) ** 2).flatten(1).mean(1).reshape(len(self.seeds), self.batch)  # squared errors
-        per_mixture = per_sample.mean(1).sqrt().numpy()
-        return dict(rmse=float(np.mean(per_mixture)), median=float(np.median(per_mixture)),
-                    flips=int((per_sample.sqrt() > FLIP).sum()))
+        the number of samples that ended in another component ('flips', a sample RMSE above ``FLIP``), and the
+        per-mixture RMSEs themselves ('per_mixture', in seed order)."""
+        return summarise(x0, exact, len(self.seeds), self.batch)
 
 
-def analytic_table(budgets, mixtures, batch, schedule, noise_offset=1000):
+def summarise(x0: torch.Tensor, exact: torch.Tensor, n_mixtures: int, batch: int) -> dict:
+    """``MixtureSet.errors`` of ``n_mixtures`` consecutive blocks of ``batch`` samples."""
+    per_sample = ((x0 - exact) ** 2).flatten(1).mean(1).reshape(n_mixtures, batch)  # squared errors
+    per_mixture = per_sample.mean(1).sqrt().numpy()
+    return dict(rmse=float(np.mean(per_mixture)), median=float(np.median(per_mixture)),
+                flips=int((per_sample.sqrt() > FLIP).sum()), per_mixture=[float(v) for v in per_mixture])
+
+
+def analytic_table(budgets, mixtures, batch, schedule, noise_offset=1000, tune: Optional[TuneSettings] = None):
     """Every configuration × budget on all mixtures at once (one ``MixtureBank``, one sampler run): per-mixture
     RMSE, their mean and median, and the number of samples that ended in another component ("flips"), against
     the exact flow endpoint from t = T−1 to ā = 1. Mixture s's noise comes from seed ``noise_offset`` + s.
-    Rows: dict(side, name, budget, steps, nfe, rmse, median, flips)."""
+    Rows: dict(side, name, budget, steps, nfe, rmse, median, flips, per_mixture); with ``tune``, also the tuned
+    rows of ``tuned.tuned_rows`` (side 'ours-tuned': grids learned per mixture on other noise, scored on this)."""
     problem = MixtureSet(mixtures, batch, schedule, noise_offset=noise_offset)
     exact = problem.exact(schedule.alpha_bar(T - 1), 1.0)
 
@@ -85,6 +93,8 @@ def analytic_table(budgets, mixtures, batch, schedule, noise_offset=1000):
             row = scored("diffusers", label, budget, steps, nfe, x0)
             if math.isfinite(row["rmse"]):
                 rows.append(row)
+    if tune is not None:
+        rows += tuned_rows(problem, exact, schedule, budgets, noise_offset, tune, T)
     return rows
 
 

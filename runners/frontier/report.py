@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import platform
 import time
+from collections import Counter
 
 import numpy as np
 import torch
 
 from ..files import write_atomic
 from .analytic import FLIP, PAPER_METHODS_TABLE
+from .tuned import SIDE as TUNED, base_of
 
 READING = "FRONTIER_READING.md"  # hand-written, next to the report; linked from it, never regenerated
 READING_LINK = (f"What these numbers say — the leaders, why the mean alone misleads, the FID stage — is written by "
@@ -30,12 +32,117 @@ def best(rows, side, budget, k=1, key="rmse"):
 
 
 def print_summary(rows, budgets) -> None:
-    """The best of each side per budget, by mean and by median, with the ratio (the frontier's console output)."""
+    """The best of each side per budget, by mean and by median, with the ratio (the frontier's console output);
+    then the tuned rows' comparison when there are any."""
     for b in budgets:
         for key in ("rmse", "median"):
             o, d = best(rows, "ours", b, key=key)[0], best(rows, "diffusers", b, key=key)[0]
             print(f"NFE ≤ {b} {'mean' if key == 'rmse' else key}: ours {o['name']} {o[key]:.3e} ({o['flips']} flips)"
                   f" | diffusers {d['name']} {d[key]:.3e} ({d['flips']} flips) | ratio {o[key] / d[key]:.2f}")
+    for c in tuned_comparison(rows, budgets):
+        if c["same"] is None:
+            c["same"], c["same_rmse"] = dict(name="—"), float("nan")
+        print(f"NFE ≤ {c['budget']} mean over {c['n']} tuned mixtures: tuned {c['tuned']['name']} "
+              f"{c['tuned_rmse']:.3e} | ours fixed {c['fixed']['name']} {c['fixed_rmse']:.3e} | diffusers "
+              f"{c['diffusers']['name']} {c['diffusers_rmse']:.3e} | tuned/diffusers "
+              f"{c['tuned_rmse'] / c['diffusers_rmse']:.2f} | tuned/same method fixed ({c['same']['name']}) "
+              f"{c['tuned_rmse'] / c['same_rmse']:.2f}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the tuned rows (side 'ours-tuned', runners/frontier/tuned.py)
+
+def _over(row, n, key="rmse"):
+    """``row``'s mean ('rmse') or median RMSE over the first ``n`` mixtures (a tuned row: over its own)."""
+    values = row["per_mixture"] if row["side"] == TUNED else row["per_mixture"][:n]
+    return float(np.mean(values) if key == "rmse" else np.median(values))
+
+
+def tuned_comparison(rows, budgets, key="rmse"):
+    """Per budget with tuned rows: the best tuned row, the best fixed row of ours, diffusers' best and the best
+    fixed spacing of the best tuned row's method, each by ``key`` over the tuned mixtures (the first n of the
+    benchmark's; n = all unless the tuning was limited)."""
+    out = []
+    for b in budgets:
+        tuned = [r for r in rows if r["side"] == TUNED and r["budget"] == b]
+        if not tuned:
+            continue
+        n = len(tuned[0]["per_mixture"])
+
+        def pick(sel):
+            sel = [r for r in sel if r.get("per_mixture")]
+            return min(((_over(r, n, key), r) for r in sel), key=lambda p: p[0], default=(None, None))
+
+        t_val, t = pick(tuned)
+        f_val, f = pick([r for r in rows if r["side"] == "ours" and r["budget"] == b])
+        d_val, d = pick([r for r in rows if r["side"] == "diffusers" and r["budget"] == b])
+        method = base_of(t["name"])
+        s_val, s = pick([r for r in rows if r["side"] == "ours" and r["budget"] == b and base_of(r["name"]) == method])
+        if f is None or d is None:
+            continue
+        out.append(dict(budget=b, n=n, tuned=t, tuned_rmse=t_val, fixed=f, fixed_rmse=f_val, diffusers=d,
+                        diffusers_rmse=d_val, same=s, same_rmse=s_val))
+    return out
+
+
+def tuned_markdown(rows, budgets, mixtures, noise_offset):
+    """The tuned section: best tuned / best fixed of ours / diffusers' best per budget (mean and median over the
+    tuned mixtures), then each tuned method against its own best fixed spacing, with the tuning time."""
+    tuned = [r for r in rows if r["side"] == TUNED]
+    if not tuned:
+        return []
+    first = tuned[0]
+    n = len(first["per_mixture"])
+    which = f"all {n} benchmark mixtures" if n == len(mixtures) else f"the first {n} of the {len(mixtures)} mixtures"
+    methods = list(dict.fromkeys(base_of(r["name"]) for r in tuned))
+    tuned_budgets = sorted({r["budget"] for r in tuned})
+    lines = ["### Tuned grids: ours-tuned, ours-fixed and diffusers", "",
+             f"A grid learned by `samplers.tune_timesteps` for each mixture ({which}, seeds "
+             f"{seed_text(first['mixtures'])}) and each of {', '.join(methods)} at NFE ≤ "
+             f"{', '.join(str(b) for b in tuned_budgets)}: {first['tune_noises']} tuning noises per mixture from seed "
+             f"{first['tune_noise_seeds'][0] - first['mixtures'][0]} + mixture seed — never the scored noise (seed "
+             f"{noise_offset} + mixture seed) — with their exact flow endpoints as the reference, "
+             f"{first['iterations']} Adam iterations on the {first.get('loss', 'log')} loss (`loss=`), and the iterate "
+             "(start spacing included) with the lowest loss "
+             "on a held-out quarter of the tuning noise. The tuned grid is then scored on the benchmark's noise like "
+             "every other row. All columns below are over the same tuned mixtures; "
+             "*same method* is the best fixed spacing of the tuned row's method.", ""]
+    for key, what in (("rmse", "Mean"), ("median", "Median")):
+        lines += [f"{what} RMSE over the tuned mixtures:", "",
+                  "| budget | best tuned | RMSE | best fixed of ours | RMSE | best diffusers configuration | RMSE | "
+                  "tuned / diffusers | tuned / ours fixed | same method fixed | RMSE | tuned / same method |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in tuned_comparison(rows, budgets, key):
+            t, f, d, s = c["tuned"], c["fixed"], c["diffusers"], c["same"]
+            same = "— | — | —" if s is None else \
+                f"{s['name']} | {c['same_rmse']:.2e} | **{c['tuned_rmse'] / c['same_rmse']:.2f}×**"
+            lines.append(f"| {c['budget']} | {t['name']} (NFE {t['nfe']}) | {c['tuned_rmse']:.2e} | {f['name']} "
+                         f"(NFE {f['nfe']}) | {c['fixed_rmse']:.2e} | {d['name']} (NFE {d['nfe']}) | "
+                         f"{c['diffusers_rmse']:.2e} | **{c['tuned_rmse'] / c['diffusers_rmse']:.2f}×** | "
+                         f"{c['tuned_rmse'] / c['fixed_rmse']:.2f}× | {same} |")
+        lines.append("")
+    lines += ["Each tuned method against the grid its tuning started from (the fixed spacing with the lowest loss on "
+              "the tuning noise; *start*: which, by count) and against its own best fixed spacing, all on the scored "
+              "noise and the tuned mixtures. *geo*: per mixture the geometric mean over samples of the RMS error — "
+              "the statistic the tuning minimises, which a flipped sample barely moves — then the median over the "
+              "mixtures of tuned / start. Time: seconds per grid, mean over the mixtures, plus "
+              f"{first['reference_seconds']:.1f} s per mixture for the tuning noises' exact endpoints.", "",
+              "| budget | method | tuned RMSE | median | flips | start | start RMSE | flips | tuned / start | "
+              "geo tuned / start | best fixed spacing | RMSE | tuned / fixed | s / grid |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b in budgets:
+        for r in (r for r in tuned if r["budget"] == b):
+            method, n = base_of(r["name"]), len(r["per_mixture"])
+            same = [x for x in rows if x["side"] == "ours" and x["budget"] == b and base_of(x["name"]) == method]
+            s = min(same, key=lambda x: _over(x, n)) if same else None
+            starts = ", ".join(f"{k} {v}" for k, v in Counter(r["start_spacings"]).most_common())
+            start = float(np.mean(r["start_per_mixture"]))
+            geo = float(np.median(np.array(r["geo"]) / np.array(r["start_geo"])))
+            fixed = f"{s['name']} | {_over(s, n):.2e} | {r['rmse'] / _over(s, n):.2f}×" if s else "— | — | —"
+            lines.append(f"| {b} | {method} (NFE {r['nfe']}) | {r['rmse']:.2e} | {r['median']:.2e} | {r['flips']} | "
+                         f"{starts} | {start:.2e} | {r['start_flips']} | {r['rmse'] / start:.2f}× | {geo:.2f}× | "
+                         f"{fixed} | {r['tune_seconds']:.1f} |")
+    return lines + [""]
 
 
 def full_table(rows, budgets, key, fmt):
@@ -90,7 +197,8 @@ def markdown(rows, budgets, mixtures, batch, kind, fid_screen, fid_final, fid_sp
             o, d = o[0], d[0]
             lines.append(f"| {b} | {o['name']} ({o['steps']} steps) | {o['median']:.2e} | {d['name']} "
                          f"({d['steps']} steps) | {d['median']:.2e} | **{o['median'] / d['median']:.2f}×** |")
-    lines += ["", "### The paper's methods on the paper's grid", "",
+    lines += [""] + tuned_markdown(rows, budgets, mixtures, noise_offset)
+    lines += ["### The paper's methods on the paper's grid", "",
               "| budget | " + " | ".join(["DDIM", "S-PNDM", "F-PNDM", "FON"]) + " |", "|---|---|---|---|---|"]
     for b in budgets:
         cells = []
@@ -219,13 +327,19 @@ def plot(rows, budgets, path):
     matplotlib, plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, key, what in ((axes[0], "rmse", "mean"), (axes[1], "median", "median")):
-        for side, style in (("ours", "o-"), ("diffusers", "s--")):
+        for side, style in (("ours", "o-"), ("diffusers", "s--"), (TUNED, "D-.")):
             pts = [best(rows, side, b, key=key) for b in budgets]
             pts = [r[0] for r in pts if r]
-            line, = ax.loglog([r["nfe"] for r in pts], [r[key] for r in pts], style, label=f"best of {side}")
+            if not pts:
+                continue
+            n = len(pts[0]["per_mixture"]) if side == TUNED else None
+            label = f"best of {side}" + (f" (first {n} mixtures)" if n and n < len(
+                next(r for r in rows if r["side"] == "ours")["per_mixture"]) else "")
+            line, = ax.loglog([r["nfe"] for r in pts], [r[key] for r in pts], style, label=label)
             for r in pts:
                 ax.annotate(r["name"].replace("Multistep", "").replace(", linspace", ""), (r["nfe"], r[key]),
-                            fontsize=6, color=line.get_color(), xytext=(4, -10 if side == "ours" else 6),
+                            fontsize=6, color=line.get_color(),
+                            xytext=(4, {"ours": -10, "diffusers": 6}.get(side, -18)),
                             textcoords="offset points")
         for m, style in (("DDIM", "x:"), ("S-PNDM", "^:"), ("F-PNDM", "v:")):
             pts = sorted((r["nfe"], r[key]) for r in rows if r["side"] == "ours" and r["name"] == m)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -14,6 +15,7 @@ from ..files import write_text_atomic
 from .analytic import accuracy_table, analytic_table
 from .fid_screen import fid_table
 from .overhead import overhead_table
+from .tuned import TuneSettings
 from .report import markdown, plot, plot_accuracy, plot_fid, print_accuracy, print_summary
 
 
@@ -35,15 +37,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run_frontier(budgets, mixtures, batch, schedule_kind, out, *, skip_fid=False, fid_top=2, fid_samples=2000,
-                 screen_samples=256, fid_seeds=5, screen_budgets=(5, 10, 20), noise_offset=1000) -> Path:
+                 screen_samples=256, fid_seeds=5, screen_budgets=(5, 10, 20), noise_offset=1000,
+                 tune: Optional[TuneSettings] = None) -> Path:
     """scripts/bench_frontier.py: the analytic table (printing the best of each side per budget), the FID stage
     unless ``skip_fid``, then the report at ``out`` (generated tables and a link to the hand-written reading) with
-    its plots next to it. Mixture s's noise samples come from seed ``noise_offset`` + s. Returns ``out``."""
+    its plots next to it. Mixture s's noise samples come from seed ``noise_offset`` + s. ``tune``: also the tuned
+    rows (runners/frontier/tuned.py; None: none). Returns ``out``."""
     start = time.time()
     schedule = NoiseSchedule(schedule_kind)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analytic model's small ops are fastest single-threaded
-    rows = analytic_table(budgets, mixtures, batch, schedule, noise_offset)
+    rows = analytic_table(budgets, mixtures, batch, schedule, noise_offset, tune)
     torch.set_num_threads(threads)
     print_summary(rows, budgets)
     extra_seeds = range(1, fid_seeds)

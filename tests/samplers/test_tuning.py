@@ -136,6 +136,20 @@ def test_tuning_never_increases_the_held_out_loss(mixture, problem):
         assert per_sample(grid).log().mean() <= per_sample(info.start).log().mean() + 1e-12
 
 
+def test_the_mse_loss_is_the_held_out_rms_and_never_ends_above_the_start(mixture, problem):
+    """loss="mse": the reported losses are the RMS over all held-out samples, and the selection keeps it at or
+    below the start grid's."""
+    x, ref = problem
+    grid, info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, reference=ref, iterations=6, lr=1.0,
+                                batch_size=8, loss="mse", return_info=True)
+    _, held = _split(len(x), 0.25, 0)
+    rms = lambda g: float((sample(mixture, x[held], SCHEDULE, "iPNDM", timesteps=g) - ref[held])  # noqa: E731
+                          .double().pow(2).mean().sqrt())
+    assert info.held_out_loss == pytest.approx(rms(grid), rel=1e-9)
+    assert info.held_out_loss_start == pytest.approx(rms(info.start), rel=1e-9)
+    assert info.held_out_loss <= info.held_out_loss_start
+
+
 def test_tuning_lowers_the_held_out_loss_where_there_is_room():
     """DPM-Solver++(3M) at NFE 5 on an 8-component mixture: held-out loss at least 2x lower (measured: 2.8x)."""
     model = GaussianMixture.random(8, (3, 4, 4), seed=0, schedule=SCHEDULE)
@@ -205,6 +219,7 @@ def test_bad_inputs_are_one_line_value_errors(mixture, problem):
         "stochastic": dict(method="DDPM", nfe=10),
         "adaptive": dict(method="PF", nfe=10),
         "reference": dict(method="DDIM", nfe=5, reference=ref[:3]),
+        "loss": dict(method="DDIM", nfe=5, loss="l1"),
         "few samples": dict(method="DDIM", nfe=5, x_T=x[:3], reference=ref[:3]),
         "round": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.round())),
         "detach": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.detach())),
