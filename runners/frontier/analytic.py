@@ -11,7 +11,6 @@ import sys
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,9 +19,9 @@ from samplers import NoiseSchedule, sample, uniform_grid
 
 from .diffusers_side import T, diffusers_configs, diffusers_fit, run_diffusers
 from .ours_side import our_fit, our_methods
+from .scores import FLIP, summarise  # noqa: F401 (FLIP: exported here too)
 from .tuned import TuneSettings, tuned_rows
 
-FLIP = 0.5  # a sample whose RMSE exceeds this ended in another mixture component (component means are ~1.4 apart)
 COMPONENTS, SHAPE = 8, (3, 8, 8)
 PAPER_METHODS_TABLE = ("DDIM", "S-PNDM", "F-PNDM", "FON")  # bench_samplers' accuracy table
 
@@ -49,14 +48,6 @@ class MixtureSet:
         the number of samples that ended in another component ('flips', a sample RMSE above ``FLIP``), and the
         per-mixture RMSEs themselves ('per_mixture', in seed order)."""
         return summarise(x0, exact, len(self.seeds), self.batch)
-
-
-def summarise(x0: torch.Tensor, exact: torch.Tensor, n_mixtures: int, batch: int) -> dict:
-    """``MixtureSet.errors`` of ``n_mixtures`` consecutive blocks of ``batch`` samples."""
-    per_sample = ((x0 - exact) ** 2).flatten(1).mean(1).reshape(n_mixtures, batch)  # squared errors
-    per_mixture = per_sample.mean(1).sqrt().numpy()
-    return dict(rmse=float(np.mean(per_mixture)), median=float(np.median(per_mixture)),
-                flips=int((per_sample.sqrt() > FLIP).sum()), per_mixture=[float(v) for v in per_mixture])
 
 
 def analytic_table(budgets, mixtures, batch, schedule, noise_offset=1000, tune: Optional[TuneSettings] = None):

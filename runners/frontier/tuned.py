@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from samplers import NoiseSchedule, sample, tune_timesteps
 from samplers.tuning import check_differentiable, steps_for_nfe, tunable_method
 
+from .scores import summarise
+
 TUNED_METHODS = ("UniPC-3(bh2)", "iPNDM", "DPM-Solver++(3M)")
 TUNE_OFFSET = 90000  # mixture s tunes on noise seed TUNE_OFFSET + s; the scored noise uses noise_offset + s
 SIDE = "ours-tuned"
@@ -81,8 +83,6 @@ def tuned_rows(problem, exact: torch.Tensor, schedule: NoiseSchedule, budgets: S
     ``problem`` (the benchmark's ``MixtureSet``: its noises are the scored ones, ``exact`` their endpoints).
     ``start_per_mixture``/``start_flips``: the grid each tuning started from, scored the same way; ``geo`` /
     ``start_geo``: per mixture, the geometric mean of the per-sample RMS errors (``geometric``) of both."""
-    from .analytic import MixtureSet, summarise
-
     seeds = tuned_mixtures(problem.seeds, settings)
     if not seeds:
         return []
@@ -91,7 +91,7 @@ def tuned_rows(problem, exact: torch.Tensor, schedule: NoiseSchedule, budgets: S
     if set(tune_seeds) & set(scored_seeds):
         raise ValueError(f"the tuning noise seeds (offset {settings.offset}) overlap the scored ones (offset "
                          f"{noise_offset}): choose another --tune-offset")
-    tuning = MixtureSet(seeds, settings.noises, schedule, noise_offset=settings.offset)
+    tuning = type(problem)(seeds, settings.noises, schedule, noise_offset=settings.offset)  # a MixtureSet
     t0 = time.perf_counter()
     references = [m.flow_endpoint(x, schedule.alpha_bar(T - 1), 1.0, rtol=settings.reference_tol,
                                   atol=settings.reference_tol) for m, x in zip(tuning.mixtures, tuning.noises)]
