@@ -74,6 +74,24 @@ def run_case(model, schedule, name, nfe, x_tune, x_test, ref_test, args, referen
     return median_rms(sample(model, x_test, schedule, name, timesteps=grid), ref_test), info
 
 
+def tuned_row(label, model, schedule, name, nfe, fixed, x_tune, x_test, ref, args):
+    """One method tuned at one budget against its own fixed spacings (``fixed``: ``fixed_table``'s result), as a
+    row for ``print_row``; None when the method has no fixed spacing at this budget or cannot be tuned there."""
+    same = {s: v for (m, s), v in fixed.items() if m == name}
+    if not same:
+        return None
+    t0 = time.perf_counter()
+    try:
+        tuned, info = run_case(model, schedule, name, nfe, x_tune, x_test, ref, args)
+    except ValueError as e:
+        print(f"{label} {name} NFE {nfe}: {e}")
+        return None
+    best = min(same, key=same.get)
+    return dict(model=label, method=name, nfe=nfe, steps=info.steps, start=info.start_spacing,
+                best_same=f"{best} {same[best]:.2e}", tuned=tuned, ratio_same=tuned / same[best],
+                seconds=time.perf_counter() - t0, teacher_s=info.seconds_teacher)
+
+
 def mixtures(args):
     from models import GaussianMixture
 
@@ -95,21 +113,10 @@ def mixtures(args):
         for nfe in args.nfe:
             fixed = fixed_table(model, schedule, args.methods, nfe, x_test, exact)
             for name in args.methods:
-                same = {s: v for (m, s), v in fixed.items() if m == name}
-                if not same:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    tuned, info = run_case(model, schedule, name, nfe, x_tune, x_test, exact, args)
-                except ValueError as e:
-                    print(f"mixture {seed} {name} NFE {nfe}: {e}")
-                    continue
-                best = min(same, key=same.get)
-                rows.append(dict(model=f"mixture {seed}", method=name, nfe=nfe, steps=info.steps,
-                                 start=info.start_spacing,
-                                 best_same=f"{best} {same[best]:.2e}", tuned=tuned, ratio_same=tuned / same[best],
-                                 seconds=time.perf_counter() - t0))
-                print_row(rows[-1])
+                row = tuned_row(f"mixture {seed}", model, schedule, name, nfe, fixed, x_tune, x_test, exact, args)
+                if row is not None:
+                    rows.append(row)
+                    print_row(row)
     print("\nmedian ratio over mixtures (tuned / best fixed spacing of the same method):")
     for name in args.methods:
         for nfe in args.nfe:
@@ -145,21 +152,10 @@ def digits(args):
         best_any = min(fixed, key=fixed.get)
         print(f"NFE {nfe}: best fixed spacing of any method: {best_any[0]}@{best_any[1]} {fixed[best_any]:.2e}")
         for name in args.methods:
-            same = {s: v for (m, s), v in fixed.items() if m == name}
-            if not same:
-                continue
-            t0 = time.perf_counter()
-            try:
-                tuned, info = run_case(net, schedule, name, nfe, x_tune, x_test, ref_test, args)
-            except ValueError as e:
-                print(f"digits {name} NFE {nfe}: {e}")
-                continue
-            best = min(same, key=same.get)
-            print_row(dict(model="digits", method=name, nfe=nfe, steps=info.steps, start=info.start_spacing,
-                           best_same=f"{best} {same[best]:.2e}", tuned=tuned, ratio_same=tuned / same[best],
-                           best_any=f"{best_any[0]}@{best_any[1]} {fixed[best_any]:.2e}",
-                           ratio_any=tuned / fixed[best_any], seconds=time.perf_counter() - t0,
-                           teacher_s=info.seconds_teacher))
+            row = tuned_row("digits", net, schedule, name, nfe, fixed, x_tune, x_test, ref_test, args)
+            if row is not None:
+                print_row(dict(row, best_any=f"{best_any[0]}@{best_any[1]} {fixed[best_any]:.2e}",
+                               ratio_any=row["tuned"] / fixed[best_any]))
 
 
 def print_row(r):
