@@ -48,3 +48,26 @@ def run_main(*args, cwd=REPO, env=None, timeout=300):
     proc = subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def kill_sampling_after(monkeypatch, model_calls: int):
+    """Make `main.py sample` raise KeyboardInterrupt on model call `model_calls` + 1 (as if killed mid-batch);
+    returns a function that puts the real network loader back."""
+    import runners.sampling as sampling
+
+    real_load = sampling.load_eps
+    calls = {"n": 0}
+
+    def dying_load(*a, **k):
+        eps = real_load(*a, **k)
+
+        def eps_that_dies(x, t):
+            calls["n"] += 1
+            if calls["n"] > model_calls:
+                raise KeyboardInterrupt
+            return eps(x, t)
+
+        return eps_that_dies
+
+    monkeypatch.setattr(sampling, "load_eps", dying_load)
+    return lambda: monkeypatch.setattr(sampling, "load_eps", real_load)

@@ -16,7 +16,7 @@ from main import main
 from runners.images import sample_path
 from runners.setup import sha256_file
 
-from .conftest import REPO, write_tiny
+from .conftest import REPO, kill_sampling_after, write_tiny
 
 
 def files_of(folder: Path) -> dict:
@@ -59,28 +59,12 @@ def test_interrupted_run_resumes_to_the_same_files(tiny, tmp_path, monkeypatch):
     cfg, _ = tiny
     assert sample(cfg, tmp_path / "full", "--num-samples", 10, "--batch-size", 3) == 0
 
-    import runners.sampling as sampling
-
-    real_load = sampling.load_eps
-    calls = {"n": 0}
-
-    def dying_load(*a, **k):
-        eps = real_load(*a, **k)
-
-        def eps_dies_in_batch_3(x, t):
-            calls["n"] += 1
-            if calls["n"] > 11:  # 5 model calls per batch: dies inside the third batch
-                raise KeyboardInterrupt
-            return eps(x, t)
-
-        return eps_dies_in_batch_3
-
-    monkeypatch.setattr(sampling, "load_eps", dying_load)
+    restore = kill_sampling_after(monkeypatch, 11)  # 5 model calls per batch: dies inside the third batch
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 3) == 130
     partial = files_of(tmp_path / "resumed")
     assert len(partial) == 6 and not list((tmp_path / "resumed").rglob(".*.tmp"))
     assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["status"] == "running"
-    monkeypatch.setattr(sampling, "load_eps", real_load)
+    restore()
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 4) == 0
     assert files_of(tmp_path / "resumed") == files_of(tmp_path / "full")
 

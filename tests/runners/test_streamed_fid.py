@@ -12,7 +12,7 @@ from runners.features import DigitsExtractor, build_extractor, tf32_policy
 from runners.fid import FeatureStats, load_stats
 from runners.setup import sha256_file
 
-from .conftest import REPO
+from .conftest import REPO, kill_sampling_after
 
 DIGITS_WEIGHTS = REPO / "models/weights/digits_classifier.pt"
 
@@ -66,29 +66,13 @@ def test_streamed_statistics_depend_only_on_the_rows_and_match_numpy():
 def test_resumed_one_pass_fid_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     """Killed in its third batch (40 of 150 done per batch), the rerun streams the new images and reads the 80
     left on disk; a chunk of the feature network holds both kinds (images 64..127)."""
-    import runners.sampling as sampling
-
     cfg, _ = tiny
     assert sample(cfg, tmp_path / "fresh", "--num-samples", 150, "--batch-size", 40, "--fid") == 0
-    real_load = sampling.load_eps
-    calls = {"n": 0}
-
-    def dying_load(*a, **k):
-        eps = real_load(*a, **k)
-
-        def eps_dies_in_batch_3(x, t):
-            calls["n"] += 1
-            if calls["n"] > 11:  # DDIM 5 steps: 5 calls per batch
-                raise KeyboardInterrupt
-            return eps(x, t)
-
-        return eps_dies_in_batch_3
-
-    monkeypatch.setattr(sampling, "load_eps", dying_load)
+    restore = kill_sampling_after(monkeypatch, 11)  # DDIM 5 steps: 5 calls per batch, dies in batch 3
     resumed = tmp_path / "resumed"
     assert sample(cfg, resumed, "--num-samples", 150, "--batch-size", 40, "--fid") == 130
     assert len(list(resumed.glob("*.png"))) == 80 and not (resumed / "fid.json").exists()
-    monkeypatch.setattr(sampling, "load_eps", real_load)
+    restore()
     assert sample(cfg, resumed, "--num-samples", 150, "--batch-size", 32, "--fid") == 0
     assert fid_json(resumed)["features_from"] == "sampling (80 read from the PNGs of an earlier run)"
     assert fid_json(resumed)["fid"] == fid_json(tmp_path / "fresh")["fid"]
