@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .api import Method, get_method, sample
-from .grids import SPACINGS, Grid, as_int, check_timesteps, spaced_grid
+from .grids import SPACINGS, Grid, as_int, check_timesteps, spaced_grid, uniform_grid
 from .schedule import NoiseSchedule
 
 TEACHER = "UniPC-3(bh2)"
@@ -67,6 +67,8 @@ class TuningInfo:
     seconds_teacher: float = 0.0
     seconds: float = 0.0
     start_losses: dict = field(default_factory=dict)
+    learn_first: bool = False
+    last: Optional[float] = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,24 +116,30 @@ def student(model: Callable, schedule: NoiseSchedule, method: Union[str, Method]
 
 
 class LogSNRGrid:
-    """The interior timesteps t_1 > … > t_{N−1} of an N-step grid from T−1 to −1, as a function of N logits.
+    """The free timesteps of an N-step grid ending at −1, as a function of logits.
 
-    The points live on the λ = log(sqrt(ā/(1−ā))) axis between λ(T−1) and λ(0): the N gaps between λ(T−1),
-    λ_1, …, λ_{N−1}, λ(0) are floor + (span − N·floor)·softmax(logits), so every value of the logits is a grid with
-    strictly increasing λ (strictly decreasing t ≥ 0), and every such grid is reachable. λ is the axis on which
-    good grids are roughly uniform, and a logit step changes a gap's length relatively wherever it lies. t comes
-    from inverting the interpolated ā(t), so ā at t_k is sigmoid(2λ_k) up to rounding.
+    A grid is t_0 > t_1 > … > t_{N−1} ≥ 0 > −1. By default t_0 = T−1 (the teacher's start) and t_1 … t_{N−1} are
+    free; ``learn_first`` frees t_0 too (the released code's grids start below T−1, at T − T/N: from x_T the
+    method then runs as if x_T were at t_0's noise level), and ``last`` pins t_{N−1} (e.g. 0, where the released
+    grids make their last evaluation). The K free points live on the λ = log(sqrt(ā/(1−ā))) axis between λ(T−1)
+    and λ(last if pinned, else 0): the K + 1 gaps are floor + (span − (K+1)·floor)·softmax(logits), so every value
+    of the logits is a grid with strictly increasing λ (strictly decreasing t), and every such grid is reachable.
+    λ is the axis on which good grids are roughly uniform, and a logit step changes a gap's length relatively
+    wherever it lies. t comes from inverting the interpolated ā(t), so ā at t_k is sigmoid(2λ_k) up to rounding.
     """
 
-    FLOOR = 1e-4  # the smallest gap, as a fraction of span/N: keeps neighbouring timesteps apart in float64
+    FLOOR = 1e-4  # the smallest gap, as a fraction of span/(K+1): keeps neighbouring timesteps apart in float64
 
-    def __init__(self, schedule: NoiseSchedule, interior: Sequence[float]):
+    def __init__(self, schedule: NoiseSchedule, free: Sequence[float], learn_first: bool = False,
+                 last: Optional[float] = None):
         self.T = schedule.T
+        self.learn_first, self.last = learn_first, last
         self.table = torch.from_numpy(schedule.alphas_cumprod.astype(np.float64))
-        self.lo, self.hi = (float(v) for v in self._lam(self.table[[-1, 0]]))
-        self.n = len(interior) + 1
+        ends = torch.tensor([float(self.T - 1), 0.0 if last is None else float(last)], dtype=torch.float64)
+        self.lo, self.hi = (float(v) for v in self._lam(schedule.alpha_bar_lerp_torch(ends)))
+        self.n = len(free) + 1
         self.floor = self.FLOOR * (self.hi - self.lo) / self.n
-        lam = self._lam(schedule.alpha_bar_lerp_torch(torch.tensor([float(t) for t in interior])))
+        lam = self._lam(schedule.alpha_bar_lerp_torch(torch.tensor([float(t) for t in free], dtype=torch.float64)))
         gaps = torch.diff(torch.cat([torch.tensor([self.lo]), lam, torch.tensor([self.hi])]).to(torch.float64))
         self.logits = torch.log((gaps - self.floor).clamp_min(1e-3 * self.floor)).requires_grad_(True)
 
@@ -139,22 +147,35 @@ class LogSNRGrid:
     def _lam(ab: Tensor) -> Tensor:
         return 0.5 * (torch.log(ab) - torch.log1p(-ab))
 
-    def interior(self) -> Tensor:
-        """The N − 1 interior timesteps, decreasing, float64, differentiable in ``logits``."""
+    def free(self) -> Tensor:
+        """The free timesteps, decreasing, float64, differentiable in ``logits``."""
         gaps = self.floor + (self.hi - self.lo - self.n * self.floor) * torch.softmax(self.logits, 0)
         ab = torch.sigmoid(2 * (self.lo + torch.cumsum(gaps, 0)[:-1]))
         asc = self.table.flip(0)  # asc[j] = ā(T−1−j), increasing
         j = torch.searchsorted(asc, ab.detach()).clamp(1, self.T - 1)
         return (self.T - 1 - j) + (asc[j] - ab) / (asc[j] - asc[j - 1])  # linear between t = T−1−j and T−j
 
+    def _assemble(self, free: list) -> list:
+        head = [] if self.learn_first else [float(self.T - 1)]
+        tail = [] if self.last is None else [float(self.last)]
+        return head + free + tail + [-1.0]
+
     def timesteps(self) -> list:
-        """The grid for the engines: T−1 (a float), the interior points (0-dim tensors), −1."""
-        return [float(self.T - 1)] + list(self.interior().unbind(0)) + [-1.0]
+        """The grid for the engines: the fixed points as floats, the free ones as 0-dim tensors."""
+        return self._assemble(list(self.free().unbind(0)))
 
     def floats(self) -> list[float]:
         """The current grid as floats, for ``sample(timesteps=...)``."""
         with torch.no_grad():
-            return [float(self.T - 1)] + [float(t) for t in self.interior()] + [-1.0]
+            return self._assemble([float(t) for t in self.free()])
+
+    @classmethod
+    def from_grid(cls, schedule: NoiseSchedule, grid: Sequence[float], learn_first: bool = False,
+                  last: Optional[float] = None) -> "LogSNRGrid":
+        """The parameterisation at a full grid (T−1 first unless ``learn_first``, ``last`` before −1 if pinned)."""
+        pts = [float(t) for t in grid[:-1]]
+        return cls(schedule, pts[(0 if learn_first else 1):(len(pts) if last is None else len(pts) - 1)],
+                   learn_first, last)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -170,7 +191,7 @@ def tunable_method(method: str) -> tuple[Method, Optional[str]]:
     if m.eta or m.kind == "ancestral":
         raise ValueError(f"{base.name} is stochastic: there is no deterministic teacher path for its samples to match")
     spacing = m.name.split("@")[1] if "@" in m.name else None
-    return base, ("uniform" if spacing == "paper" else spacing)  # a tuned grid always starts at T−1
+    return base, spacing  # "paper": the released grid if the first timestep is learned, else uniform from T−1
 
 
 def steps_for_nfe(m: Method, nfe, T: int) -> int:
@@ -245,20 +266,24 @@ def teacher_solve(model: Callable, schedule: NoiseSchedule, x_T: Tensor, steps: 
     return torch.cat([sample(model, x, schedule, TEACHER, timesteps=grid) for x in x_T.split(batch_size)])
 
 
-def _log_mse(x: Tensor, ref: Tensor) -> Tensor:
-    """log of each sample's mean squared error against the teacher (floored at 1e-300: exact samples exist)."""
-    per = (x.to(torch.float64) - ref.to(torch.float64)).pow(2).flatten(1).mean(1)
-    return per.clamp_min(1e-300).log()
+def squared_distance(x: Tensor, ref: Tensor) -> Tensor:
+    """The default ``distance``: each sample's mean squared difference to the teacher, in float64."""
+    return (x.to(torch.float64) - ref.to(torch.float64)).pow(2).flatten(1).mean(1)
 
 
 LOSSES = ("log", "mse")
 
 
-def _per_sample(loss: str, x: Tensor, ref: Tensor) -> Tensor:
-    """Each sample's term of the loss: log MSE ("log") or MSE ("mse")."""
-    if loss == "log":
-        return _log_mse(x, ref)
-    return (x.to(torch.float64) - ref.to(torch.float64)).pow(2).flatten(1).mean(1)
+def _per_sample(loss: str, x: Tensor, ref: Tensor, distance: Callable = squared_distance) -> Tensor:
+    """Each sample's term of the loss: log of its squared distance ("log"; floored at 1e-300, exact samples exist)
+    or the squared distance itself ("mse")."""
+    d = distance(x, ref)
+    if not isinstance(d, Tensor) or d.shape != x.shape[:1]:
+        got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
+        raise ValueError(f"distance(x, reference) must return one squared distance per sample, shape "
+                         f"({x.shape[0]},); got {got}")
+    d = d.to(torch.float64)
+    return d.clamp_min(1e-300).log() if loss == "log" else d
 
 
 def _report(loss: str, mean_term: float) -> float:
@@ -266,11 +291,12 @@ def _report(loss: str, mean_term: float) -> float:
     return math.exp(0.5 * mean_term) if loss == "log" else math.sqrt(mean_term)
 
 
-def _loss_of(model, schedule, m, timesteps, x_T, ref, batch_size, loss: str = "log") -> float:
+def _loss_of(model, schedule, m, timesteps, x_T, ref, batch_size, loss: str = "log",
+             distance: Callable = squared_distance) -> float:
     """The loss of the method on the float grid ``timesteps`` over all of x_T (no grad), as an RMS distance: the
     geometric mean of the per-sample RMS distances to the teacher ("log") or the RMS over all samples ("mse")."""
     with torch.no_grad():
-        total = sum(_per_sample(loss, student(model, schedule, m, x, timesteps), r).sum().item()
+        total = sum(_per_sample(loss, student(model, schedule, m, x, timesteps), r, distance).sum().item()
                     for x, r in zip(x_T.split(batch_size), ref.split(batch_size)))
     return _report(loss, total / len(x_T))
 
@@ -293,16 +319,21 @@ def tune_timesteps(
     start: Union[None, str, Sequence[float]] = None,
     teacher_steps: int = 100,
     loss: str = "log",
+    distance: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    learn_first: bool = False,
+    last: Optional[float] = None,
     return_info: bool = False,
 ):
     """Timesteps for ``method`` at ≤ ``nfe`` model evaluations, fitted so that its samples from the noises
-    ``x_T`` match a high-accuracy teacher's (module docstring). Returns a descending list of floats from T−1 to −1
+    ``x_T`` match a high-accuracy teacher's (module docstring). Returns a descending list of floats ending at −1
+    (starting at T−1 unless ``learn_first``)
     for ``sample(model, x, schedule, BASE, timesteps=grid)`` (BASE: the name without ``@spacing``), and a
     ``TuningInfo`` too when ``return_info``.
 
     ``model(x, t)`` must be differentiable in x and t (a network with frozen weights, not the no-grad wrapper of
     ``models.prepare_for_inference``); one call on two samples checks it. ``method``: any fixed-step deterministic
-    method; ``NAME@spacing`` starts from that spacing (``@paper`` from ``uniform``: a tuned grid starts at T−1).
+    method; ``NAME@spacing`` starts from that spacing (``@paper``: from the released grid if ``learn_first``,
+    else from ``uniform``, which starts at T−1 as a grid with a fixed first timestep must).
     The grid has the most steps whose NFE fits (F-PNDM/FON: steps + 9 from 3 steps on, S-PNDM steps + 1, the
     others steps), at least 2.
     ``reference``: the teacher's endpoints for x_T (same shape); default ``teacher_solve(..., teacher_steps)``.
@@ -312,7 +343,14 @@ def tune_timesteps(
     ``grids.SPACINGS`` with the lowest loss on up to two batches of tuning samples), a spacing, or a grid with
     the right number of steps. ``loss``: "log" (default; the mean over samples of log MSE: every sample's relative
     improvement counts alike, which tracks the median sample) or "mse" (the mean MSE: the RMS over all samples,
-    which the few samples ending in another mode dominate). The same inputs and ``seed`` give the same grid.
+    which the few samples ending in another mode dominate). ``distance(x, reference)``: each sample's squared
+    distance to the teacher, shape (B,), differentiable in x (default ``squared_distance``, the mean squared pixel
+    difference); pass e.g. a perceptual distance (LD3 tunes on LPIPS) to fit the grid in a feature space — the
+    losses are then reported in its units. ``learn_first``: also learn the first timestep (x_T is then taken to be
+    at that noise level, as the released code's grids do from T − T/N; the paper's grid joins the start
+    candidates). ``last``: pin the last timestep before −1 (e.g. 0.0: the released grids end with an evaluation at
+    t = 0, which sharpens samples at NFE ≤ 4 although a per-sample loss would move it up — FIDs in
+    docs/TUNING.md). The same inputs and ``seed`` give the same grid.
     ``callback(dict)`` after each iteration: iteration, iterations, train_loss (of the batch, before the step),
     held_out_loss (after it), best_held_out_loss, grid. Losses: ``TuningInfo``.
     """
@@ -329,13 +367,26 @@ def tune_timesteps(
         raise ValueError(f"need iterations >= 0 and batch_size >= 1, got {iterations} and {batch_size}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if distance is None:
+        distance = squared_distance
+    elif not callable(distance):
+        raise TypeError(f"distance must be a callable (x, reference) -> per-sample squared distances, got "
+                        f"{type(distance).__name__}")
     if not (0 <= slack < math.inf and 0 < lr < math.inf):
         raise ValueError(f"need lr > 0 and slack >= 0, got lr={lr}, slack={slack}")
     if reference is not None and (not isinstance(reference, Tensor) or reference.shape != x_T.shape):
         got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
         raise ValueError(f"reference must be the teacher's endpoints for x_T, shape {tuple(x_T.shape)}; got {got}")
     train, held = _split(x_T.shape[0], holdout, seed)
-    starts = _start_candidates(schedule, steps, spacing if start is None else start)
+    if last is not None:
+        if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0 <= last < T - 1:
+            raise ValueError(f"last must be a timestep in [0, {T - 1}), got {last!r}")
+        last = float(last)
+    if steps - (0 if learn_first else 1) - (0 if last is None else 1) < 1:
+        raise ValueError(f"NFE {nfe} gives {base.name} {steps} steps: with the first timestep "
+                         f"{'learned' if learn_first else 'fixed'} and the last {'pinned' if last is not None else 'free'}"
+                         f" no timestep is left to learn")
+    starts = _start_candidates(schedule, steps, spacing if start is None else start, learn_first, last)
     teacher = "reference given" if reference is not None else \
         f"{TEACHER} on {len(teacher_grid(schedule, teacher_steps)) - 1} integer timesteps (teacher_grid)"
     check_differentiable(model, x_T, T)
@@ -348,7 +399,7 @@ def tune_timesteps(
     x_tr, r_tr, x_ho, r_ho = x_T[train], reference[train], x_T[held], reference[held]
 
     def loss_of(grid, x, r):
-        return _loss_of(model, schedule, base, grid, x, r, batch_size, loss)
+        return _loss_of(model, schedule, base, grid, x, r, batch_size, loss, distance)
 
     probe = slice(0, 2 * batch_size)  # the start: the lowest loss on (up to) two batches of tuning samples
     start_losses = {name: loss_of(grid, x_tr[probe], r_tr[probe]) for name, grid in starts.items()}
@@ -357,7 +408,7 @@ def tune_timesteps(
     best = dict(loss=loss_of(grid0, x_ho, r_ho), grid=grid0, iteration=0)
     held_out_start = best["loss"]
 
-    params = LogSNRGrid(schedule, grid0[1:-1])
+    params = LogSNRGrid.from_grid(schedule, grid0, learn_first, last)
     wrt = [params.logits]
     optimisers = [torch.optim.Adam([params.logits], lr=lr)]
     if slack > 0:  # LD3: per-sample inputs within slack·|x_T,i| of x_T,i
@@ -370,7 +421,8 @@ def tune_timesteps(
         idx = next(batches)
         with torch.enable_grad():  # also when called under torch.no_grad()
             x = x_tr[idx] if slack == 0 else x_tr[idx] + delta[idx]
-            objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx]).mean()
+            objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx],
+                                    distance).mean()
             for p, g in zip(wrt, torch.autograd.grad(objective, wrt)):
                 p.grad = g
         for opt in optimisers:
@@ -391,7 +443,7 @@ def tune_timesteps(
         return result
     info = TuningInfo(base.name, steps, base.nfe(steps), start_name, grid0, result, loss_of(grid0, x_tr, r_tr),
                       loss_of(result, x_tr, r_tr), held_out_start, best["loss"], iterations, best["iteration"],
-                      teacher, len(train), len(held), seconds_teacher, 0.0, start_losses)
+                      teacher, len(train), len(held), seconds_teacher, 0.0, start_losses, learn_first, last)
     info.seconds = time.perf_counter() - t_begin
     return result, info
 
@@ -405,15 +457,31 @@ def _batches(n: int, batch_size: int, seed: int):
             yield order[i:i + batch_size]
 
 
-def _start_candidates(schedule: NoiseSchedule, steps: int, start) -> dict:
-    """{name: float grid} to start from: every spacing (None), one spacing, or the user's grid."""
-    if start is None:
-        return {s: spaced_grid(schedule, steps, s) for s in SPACINGS}
-    if isinstance(start, str):
-        name = "uniform" if start.lower() == "paper" else start.lower()
-        return {name: spaced_grid(schedule, steps, name)}
-    grid = check_timesteps(start, schedule.T)
-    if len(grid) != steps + 1 or grid[0] != schedule.T - 1 or grid[-1] != -1:
-        raise ValueError(f"start must be a {steps}-step grid from {schedule.T - 1} to -1, got {len(grid) - 1} steps "
-                         f"from {grid[0]:g} to {grid[-1]:g}")
-    return {"given": grid}
+def _start_candidates(schedule: NoiseSchedule, steps: int, start, learn_first: bool = False,
+                      last: Optional[float] = None) -> dict:
+    """{name: float grid} to start from: every spacing (None; and the paper's grid when the first timestep is
+    learned), one spacing, or the user's grid. A pinned ``last`` replaces each grid's last point before −1; a
+    spacing that then is not strictly decreasing is left out."""
+    T = schedule.T
+
+    def grid_of(name):
+        if name == "paper":
+            return uniform_grid(schedule, steps) if learn_first else spaced_grid(schedule, steps, "uniform")
+        return spaced_grid(schedule, steps, name)
+
+    if start is None or isinstance(start, str):
+        names = (SPACINGS + (("paper",) if learn_first else ())) if start is None else (start.lower(),)
+        grids = {("uniform" if n == "paper" and not learn_first else n): grid_of(n) for n in names}
+    else:
+        grid = check_timesteps(start, T)
+        if len(grid) != steps + 1 or grid[-1] != -1 or (grid[0] != T - 1 and not learn_first):
+            raise ValueError(f"start must be a {steps}-step grid from {'at most ' if learn_first else ''}{T - 1} to "
+                             f"-1, got {len(grid) - 1} steps from {grid[0]:g} to {grid[-1]:g}")
+        grids = {"given": grid}
+    if last is not None:
+        grids = {n: g[:-2] + [float(last), -1.0] for n, g in grids.items()}
+        grids = {n: g for n, g in grids.items() if all(a > b for a, b in zip(g, g[1:]))}
+        if not grids:
+            raise ValueError(f"no start grid has its last timestep before -1 pinned at {last:g} and still decreases "
+                             f"(its point before is lower): give another start or last")
+    return grids

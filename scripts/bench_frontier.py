@@ -4,7 +4,7 @@
 (a) RMSE to the exact probability-flow endpoint from t = 999 on 64 analytic Gaussian mixtures (32 noise samples
     each, linear schedule unless --schedule says otherwise; mean and median over the mixtures), for every method in ``samplers.available()`` and
     every diffusers scheduler configuration below, each at the largest step count whose NFE fits the budget;
-    plus "ours-tuned" rows: UniPC-3(bh2), iPNDM and DPM-Solver++(3M) on a grid learned by
+    plus "ours-tuned" rows: UniPC-3(bh2), UniPC-3(bh1), UniPC-2(bh2), iPNDM and DPM-Solver++(3M) on a grid learned by
     ``samplers.tune_timesteps`` for each mixture and budget, on other noise than the scored one (--no-tuned: none);
 (b) FID on the digits demo model: a screen of every configuration of both sides on 256 samples at NFE 5/10/20,
     then the best few of each side (by screen FID; by (a) at NFE 50) and the paper's methods on 2,000 samples.
@@ -53,8 +53,10 @@ def main():
                    help="tune on the first N mixtures (the tuned table compares all sides on those N); 0: all")
     p.add_argument("--tune-budgets", type=budget_list, default="5,10,20",
                    help="budgets (of --budgets) at which to tune ('' for all of --budgets)")
-    p.add_argument("--tune-noises", type=int, default=64, help="tuning noises per mixture (a quarter held out)")
-    p.add_argument("--tune-iterations", type=int, default=20, help="Adam iterations per tuned grid")
+    p.add_argument("--tune-noises", type=int, default=TuneSettings.noises,
+                   help="tuning noises per mixture (a quarter held out; the rest is each Adam step's batch)")
+    p.add_argument("--tune-iterations", type=int, default=TuneSettings.iterations,
+                   help="Adam iterations per tuned grid")
     p.add_argument("--tune-loss", choices=("log", "mse"), default="mse",
                    help="tune_timesteps' loss: mean MSE (default: the RMSE the tables report) or mean log MSE "
                         "(tracks the median sample)")

@@ -16,6 +16,7 @@ from .ours_side import PAPER_METHODS
 
 DIGITS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits.yml"
 DIGITS_SHAPE = (1, 8, 8)
+FID_SIDES = ("ours", "diffusers")
 
 
 class DigitsFID:
@@ -65,7 +66,9 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
     digits (one fixed noise batch, so configurations differ only by the sampler); then the best ``k`` of each side
     by screen FID (by analytic RMSE where a budget is not screened), plus the paper's methods on the paper's grid,
     scored on ``final_samples``; then each screened budget's best pair re-scored on the noise seeds
-    ``extra_seeds``."""
+    ``extra_seeds``. Only the fixed rows of both sides take part: a tuned row's grids were learned for each
+    analytic mixture, not for the digits model (scripts/bench_tuned_fid.py tunes and scores grids on it)."""
+    rows = [r for r in rows if r["side"] in FID_SIDES]
     fid = DigitsFID(final_samples)
     screen = []
     for b in screen_budgets:
@@ -80,7 +83,7 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
         ranked = screen if b in screen_budgets else rows
         key = "fid" if b in screen_budgets else "rmse"
         paper = [r for r in rows if r["side"] == "ours" and r["budget"] == b and r["name"] in PAPER_METHODS]
-        for side in ("ours", "diffusers"):
+        for side in FID_SIDES:
             chosen = sorted((r for r in ranked if r["side"] == side and r["budget"] == b),
                             key=lambda r: r[key])[:k]
             names = [r["name"] for r in chosen]
@@ -94,7 +97,7 @@ def fid_table(rows, budgets, screen_budgets, screen_samples, final_samples, k, e
     spread = []
     for b in screen_budgets:
         pair = [min((r for r in final if r["budget"] == b and r["side"] == side), key=lambda r: r["fid"])
-                for side in ("ours", "diffusers")]
+                for side in FID_SIDES]
         for seed in extra_seeds:
             fid.reseed(seed)
             o, d = (fid(next(x for x in rows if x["budget"] == b and x["side"] == r["side"] and

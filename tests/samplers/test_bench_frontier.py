@@ -72,6 +72,21 @@ def test_digits_fid_is_the_runners_fid_of_the_same_samples():
     assert not np.isclose(fid(row), by_hand, rtol=1e-6)
 
 
+def test_the_fid_stage_scores_the_fixed_rows_of_both_sides_and_skips_tuned_ones():
+    """A tuned row's grids belong to the analytic mixtures (a default full run crashed on one in the FID stage)."""
+    from runners.frontier.fid_screen import fid_table
+
+    label = diffusers_configs()[0][0]
+    rows = [dict(side="ours", name="DDIM", budget=5, steps=5, nfe=5, rmse=0.1),
+            dict(side="diffusers", name=label, budget=5, steps=5, nfe=5, rmse=0.2),
+            dict(side="ours-tuned", name="DDIM@tuned", budget=5, steps=5, nfe=5, rmse=0.05, grids=[[999, 1, -1]])]
+    screen, final, spread = fid_table(rows, [5], [5], 16, 16, 1, [1])
+    assert [r["side"] for r in screen] == ["ours", "diffusers"]
+    assert {r["name"] for r in final} >= {"DDIM", label} and all(r["side"] != "ours-tuned" for r in final)
+    assert [(s["ours"], s["diffusers"]) for s in spread] == [("DDIM", label)]
+    assert all(np.isfinite(r["fid"]) for r in screen + final)
+
+
 @pytest.mark.parametrize("kind", ["linear", "cosine", "quad"])
 def test_diffusers_side_uses_the_benchmarks_schedule(kind):
     from samplers import NoiseSchedule

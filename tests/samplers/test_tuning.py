@@ -16,7 +16,7 @@ import torch
 
 from models import GaussianMixture
 from samplers import NoiseSchedule, available, get_method, sample, tune_timesteps
-from samplers.grids import check_timesteps, spaced_grid
+from samplers.grids import check_timesteps, spaced_grid, uniform_grid
 from samplers.tuning import _split, student, teacher_solve, tunable_method
 
 SCHEDULE = NoiseSchedule("linear")
@@ -150,6 +150,49 @@ def test_the_mse_loss_is_the_held_out_rms_and_never_ends_above_the_start(mixture
     assert info.held_out_loss <= info.held_out_loss_start
 
 
+def test_a_distance_is_what_the_grid_is_fitted_to(mixture, problem):
+    """``distance``: 4× the default squared distance leaves the log loss's gradient (and so the grid) unchanged and
+    doubles every reported RMS; a distance that sees only the first coordinate reports exactly that
+    coordinate's held-out RMS, and fits another grid."""
+    x, ref = problem
+    kw = dict(reference=ref, iterations=5, lr=1.0, batch_size=8, start="uniform", return_info=True)
+    grid, info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, **kw)
+    assert info.best_iteration > 0  # the grid moved: the comparisons below are not between two start grids
+    scaled = lambda a, b: 4 * (a - b).pow(2).flatten(1).mean(1)  # noqa: E731
+    grid4, info4 = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, distance=scaled, **kw)
+    assert grid4 == pytest.approx(grid, rel=1e-9, abs=1e-9)
+    assert info4.held_out_loss == pytest.approx(2 * info.held_out_loss, rel=1e-9)
+    first = lambda a, b: (a - b).flatten(1)[:, 0].pow(2)  # noqa: E731
+    grid1, info1 = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, distance=first, loss="mse", **kw)
+    _, held = _split(len(x), 0.25, 0)
+    out = sample(mixture, x[held], SCHEDULE, "iPNDM", timesteps=grid1)
+    assert info1.held_out_loss == pytest.approx(float((out - ref[held]).flatten(1)[:, 0].pow(2).mean().sqrt()),
+                                                rel=1e-9)
+    assert info1.best_iteration > 0 and grid1 != pytest.approx(grid, rel=1e-6)
+
+
+def test_a_learned_first_timestep_and_a_pinned_last_one(mixture, problem):
+    """learn_first: the first timestep moves below T−1 and the released (paper) grid is a start candidate;
+    last: every iterate keeps that timestep before −1. Both keep the held-out loss at or below the start's."""
+    x, ref = problem
+    T = SCHEDULE.T
+    grid, info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 4, x, reference=ref, iterations=6, lr=0.3, batch_size=8,
+                                learn_first=True, start="paper", return_info=True)
+    assert info.start == [float(t) for t in uniform_grid(SCHEDULE, 4)]  # the released grid: 750, 500, 250, 0, -1
+    assert info.best_iteration > 0 and grid[0] < T - 1 and grid != info.start
+    assert len(grid) == 5 and grid[-1] == -1 and all(a > b for a, b in zip(grid, grid[1:]))
+    assert info.held_out_loss <= info.held_out_loss_start
+    grid, info = tune_timesteps(mixture, SCHEDULE, "UniPC-3(bh2)", 5, x, reference=ref, iterations=6, lr=0.3,
+                                batch_size=8, last=0.0, return_info=True)
+    assert grid[0] == T - 1 and grid[-2:] == [0.0, -1.0] and info.start[-2:] == [0.0, -1.0]
+    assert all(a > b for a, b in zip(grid, grid[1:])) and info.held_out_loss <= info.held_out_loss_start
+    # the last point stays pinned however the free ones move
+    calls = []
+    tune_timesteps(mixture, SCHEDULE, "DDIM", 4, x, reference=ref, iterations=3, lr=1.0, batch_size=8,
+                   learn_first=True, last=5.0, callback=calls.append)
+    assert all(c["grid"][-2] == 5.0 and c["grid"][0] < T - 1 for c in calls)
+
+
 def test_tuning_lowers_the_held_out_loss_where_there_is_room():
     """DPM-Solver++(3M) at NFE 5 on an 8-component mixture: held-out loss at least 2x lower (measured: 2.8x)."""
     model = GaussianMixture.random(8, (3, 4, 4), seed=0, schedule=SCHEDULE)
@@ -220,6 +263,10 @@ def test_bad_inputs_are_one_line_value_errors(mixture, problem):
         "adaptive": dict(method="PF", nfe=10),
         "reference": dict(method="DDIM", nfe=5, reference=ref[:3]),
         "loss": dict(method="DDIM", nfe=5, loss="l1"),
+        "distance": dict(method="DDIM", nfe=5, distance=lambda a, b: (a - b).pow(2)),  # not one per sample
+        "last": dict(method="DDIM", nfe=5, last=999.0),
+        "nothing left": dict(method="DDIM", nfe=2, last=0.0),
+        "start from below": dict(method="DDIM", nfe=3, start=[800.0, 400.0, 0.0, -1.0]),  # first not learned
         "few samples": dict(method="DDIM", nfe=5, x_T=x[:3], reference=ref[:3]),
         "round": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.round())),
         "detach": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.detach())),
