@@ -383,9 +383,9 @@ def tune_timesteps(
             raise ValueError(f"last must be a timestep in [0, {T - 1}), got {last!r}")
         last = float(last)
     if steps - (0 if learn_first else 1) - (0 if last is None else 1) < 1:
-        raise ValueError(f"NFE {nfe} gives {base.name} {steps} steps: with the first timestep "
-                         f"{'learned' if learn_first else 'fixed'} and the last {'pinned' if last is not None else 'free'}"
-                         f" no timestep is left to learn")
+        first, pinned = "learned" if learn_first else "fixed", "pinned" if last is not None else "free"
+        raise ValueError(f"NFE {nfe} gives {base.name} {steps} steps: with the first timestep {first} and the last "
+                         f"{pinned} no timestep is left to learn")
     starts = _start_candidates(schedule, steps, spacing if start is None else start, learn_first, last)
     teacher = "reference given" if reference is not None else \
         f"{TEACHER} on {len(teacher_grid(schedule, teacher_steps)) - 1} integer timesteps (teacher_grid)"

@@ -143,7 +143,10 @@ def tuned_markdown(rows, budgets, mixtures, noise_offset):
             lines.append(f"| {b} | {method} (NFE {r['nfe']}) | {r['rmse']:.2e} | {r['median']:.2e} | {r['flips']} | "
                          f"{starts} | {start:.2e} | {r['start_flips']} | {r['rmse'] / start:.2f}× | {geo:.2f}× | "
                          f"{fixed} | {r['tune_seconds']:.1f} |")
-    return lines + [""]
+    return lines + ["", "Grids tuned for the digits model, with FID and the median RMS to the teacher against the "
+                    "best fixed configurations at NFE 3–20 over noise seeds: [TUNED_FID.md](TUNED_FID.md) "
+                    "(`scripts/bench_tuned_fid.py --out docs/TUNED_FID.md`); what the tuning objectives do there: "
+                    "[TUNING.md](TUNING.md).", ""]
 
 
 def full_table(rows, budgets, key, fmt):
