@@ -228,12 +228,16 @@ def tune_job(args) -> TuneJob:
     method = pick(args.method, get(cfg, "Sample", "method"))
     if method is None:
         raise ArgumentError("no method: pass --method or set Sample.method")
-    from samplers.tuning import steps_for_nfe, tunable_method
+    from samplers.tuning import LOSSES, check_free_points, steps_for_nfe, tunable_method
 
     nfe = positive("--nfe", args.nfe)
+    if args.loss not in LOSSES:
+        raise ArgumentError(f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}")
+    if args.last is not None and not 0 <= args.last < schedule.T - 1:
+        raise ArgumentError(f"--last must be a timestep in [0, {schedule.T - 1}), got {args.last:g}")
     try:
         base, _ = tunable_method(method)
-        steps_for_nfe(base, nfe, schedule.T)
+        check_free_points(base, steps_for_nfe(base, nfe, schedule.T), bool(args.learn_first), args.last)
         m = get_method(method)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
@@ -246,7 +250,8 @@ def tune_job(args) -> TuneJob:
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
-                   image_shape=image_shape(cfg), device=_device(args))
+                   image_shape=image_shape(cfg), device=_device(args), loss=args.loss,
+                   learn_first=bool(args.learn_first), last=args.last)
 
 
 def train_job(args) -> TrainJob:

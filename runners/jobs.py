@@ -163,6 +163,9 @@ class TuneJob:
     batch_size: int
     image_shape: tuple
     device: Optional[str] = None
+    loss: str = "log"  # samplers.tune_timesteps' loss, learn_first and last
+    learn_first: bool = False
+    last: Optional[float] = None
 
 
 @dataclass(frozen=True)

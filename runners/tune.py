@@ -89,7 +89,9 @@ def run_tune_job(job: TuneJob) -> dict:
     eps = load_network(job, device)
     start = time.perf_counter()
     x_T = stream_noise(job.num_samples, job.image_shape, job.seed, TUNE_STREAM).to(device)
-    kwargs = {} if job.iterations is None else {"iterations": job.iterations}
+    kwargs = dict(loss=job.loss, learn_first=job.learn_first, last=job.last)
+    if job.iterations is not None:
+        kwargs["iterations"] = job.iterations
     try:
         check_differentiable(eps, x_T, job.schedule.T)  # before the progress bar: its error is one line
     except ValueError as e:

@@ -47,7 +47,9 @@ class TuningInfo:
     """What ``tune_timesteps`` did. Losses are RMS distances to the teacher as its ``loss`` measures them (the
     geometric mean over samples of the per-sample RMS for "log", the RMS over all samples for "mse"), on
     the tuning samples (``train_*``) and the held-out ones (``held_out_*``), for the start grid and the result;
-    ``start_losses``: each candidate start's loss on (up to) two batches of tuning samples."""
+    ``start_losses``: each candidate start's loss on (up to) two batches of tuning samples; ``iterations``: the
+    steps taken, races included; ``best_iteration``: the winning iterate's step along its own descent (0: the
+    start)."""
 
     method: str
     steps: int
@@ -69,6 +71,8 @@ class TuningInfo:
     start_losses: dict = field(default_factory=dict)
     learn_first: bool = False
     last: Optional[float] = None
+    objective: str = "log"  # the ``loss`` argument
+    raced: dict = field(default_factory=dict)  # with race > 1: each raced start's best held-out loss after its race
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +209,14 @@ def steps_for_nfe(m: Method, nfe, T: int) -> int:
     return steps
 
 
+def check_free_points(m: Method, steps: int, learn_first: bool, last: Optional[float]) -> None:
+    """A ValueError when a ``steps``-step grid of ``m`` has no timestep left to learn (first fixed, last pinned)."""
+    if steps - (0 if learn_first else 1) - (0 if last is None else 1) < 1:
+        first, pinned = "learned" if learn_first else "fixed", "pinned" if last is not None else "free"
+        raise ValueError(f"NFE {m.nfe(steps)} gives {m.name} {steps} steps: with the first timestep {first} and "
+                         f"the last {pinned} no timestep is left to learn")
+
+
 def check_differentiable(model: Callable, x: Tensor, T: int) -> None:
     """One call of ``model`` on two samples with x and t requiring grad; a ValueError unless ε depends on both."""
     x = x[:2].detach().clone().requires_grad_(True)
@@ -322,6 +334,7 @@ def tune_timesteps(
     distance: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
     learn_first: bool = False,
     last: Optional[float] = None,
+    race: int = 1,
     return_info: bool = False,
 ):
     """Timesteps for ``method`` at ≤ ``nfe`` model evaluations, fitted so that its samples from the noises
@@ -351,8 +364,12 @@ def tune_timesteps(
     candidates). ``last``: pin the last timestep before −1 (e.g. 0.0: the released grids end with an evaluation at
     t = 0, which sharpens samples at NFE ≤ 4 although a per-sample loss would move it up — FIDs in
     docs/TUNING.md). The same inputs and ``seed`` give the same grid.
-    ``callback(dict)`` after each iteration: iteration, iterations, train_loss (of the batch, before the step),
-    held_out_loss (after it), best_held_out_loss, grid. Losses: ``TuningInfo``.
+    ``race``: with k > 1 the k starts of lowest loss take ``iterations // 4`` steps each and the one with the lowest
+    held-out loss then takes the rest (k − 1 races more in all; a first-order method's good start can lie in a
+    worse basin than the runner-up's).
+    ``callback(dict)`` after each iteration: iteration, iterations (all, races included), start (the spacing this
+    step descends from), train_loss (of the batch, before the step), held_out_loss (after it),
+    best_held_out_loss (of this start), grid. Losses: ``TuningInfo``.
     """
     t_begin = time.perf_counter()
     base, spacing = tunable_method(method)
@@ -363,8 +380,10 @@ def tune_timesteps(
     T = schedule.T
     steps = steps_for_nfe(base, nfe, T)
     iterations, batch_size = as_int("iterations", iterations), as_int("batch_size", batch_size)
-    if iterations < 0 or batch_size < 1:
-        raise ValueError(f"need iterations >= 0 and batch_size >= 1, got {iterations} and {batch_size}")
+    race = as_int("race", race)
+    if iterations < 0 or batch_size < 1 or race < 1:
+        raise ValueError(f"need iterations >= 0, batch_size >= 1 and race >= 1, got {iterations}, {batch_size} and "
+                         f"{race}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if distance is None:
@@ -382,10 +401,7 @@ def tune_timesteps(
         if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0 <= last < T - 1:
             raise ValueError(f"last must be a timestep in [0, {T - 1}), got {last!r}")
         last = float(last)
-    if steps - (0 if learn_first else 1) - (0 if last is None else 1) < 1:
-        first, pinned = "learned" if learn_first else "fixed", "pinned" if last is not None else "free"
-        raise ValueError(f"NFE {nfe} gives {base.name} {steps} steps: with the first timestep {first} and the last "
-                         f"{pinned} no timestep is left to learn")
+    check_free_points(base, steps, learn_first, last)
     starts = _start_candidates(schedule, steps, spacing if start is None else start, learn_first, last)
     teacher = "reference given" if reference is not None else \
         f"{TEACHER} on {len(teacher_grid(schedule, teacher_steps)) - 1} integer timesteps (teacher_grid)"
@@ -403,47 +419,71 @@ def tune_timesteps(
 
     probe = slice(0, 2 * batch_size)  # the start: the lowest loss on (up to) two batches of tuning samples
     start_losses = {name: loss_of(grid, x_tr[probe], r_tr[probe]) for name, grid in starts.items()}
-    start_name = min(start_losses, key=start_losses.get)
-    grid0 = starts[start_name]
-    best = dict(loss=loss_of(grid0, x_ho, r_ho), grid=grid0, iteration=0)
-    held_out_start = best["loss"]
 
-    params = LogSNRGrid.from_grid(schedule, grid0, learn_first, last)
-    wrt = [params.logits]
-    optimisers = [torch.optim.Adam([params.logits], lr=lr)]
-    if slack > 0:  # LD3: per-sample inputs within slack·|x_T,i| of x_T,i
-        delta = torch.zeros_like(x_tr, requires_grad=True)
-        radius = slack * x_tr.flatten(1).norm(dim=1).view(-1, *[1] * (x_tr.ndim - 1))
-        wrt.append(delta)
-        optimisers.append(torch.optim.Adam([delta], lr=0.1 * slack))
-    batches = _batches(len(x_tr), batch_size, seed)
-    for it in range(1, iterations + 1):
-        idx = next(batches)
-        with torch.enable_grad():  # also when called under torch.no_grad()
-            x = x_tr[idx] if slack == 0 else x_tr[idx] + delta[idx]
-            objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx],
-                                    distance).mean()
-            for p, g in zip(wrt, torch.autograd.grad(objective, wrt)):
-                p.grad = g
-        for opt in optimisers:
-            opt.step()
-        if slack > 0:
-            with torch.no_grad():  # project each δ_i back into its ball
-                norms = delta.flatten(1).norm(dim=1).view_as(radius).clamp_min(1e-300)
-                delta.mul_((radius / norms).clamp(max=1.0))
-        grid = params.floats()
-        held_out = loss_of(grid, x_ho, r_ho)
-        if held_out < best["loss"]:
-            best = dict(loss=held_out, grid=grid, iteration=it)
-        if callback is not None:
-            callback(dict(iteration=it, iterations=iterations, train_loss=_report(loss, objective.item()),
-                          held_out_loss=held_out, best_held_out_loss=best["loss"], grid=grid))
+    def descend(grid0):
+        """Adam from grid0 (LD3's per-sample δ too when slack > 0); yields (train loss, grid) after each step."""
+        params = LogSNRGrid.from_grid(schedule, grid0, learn_first, last)
+        wrt = [params.logits]
+        optimisers = [torch.optim.Adam([params.logits], lr=lr)]
+        if slack > 0:  # LD3: per-sample inputs within slack·|x_T,i| of x_T,i
+            delta = torch.zeros_like(x_tr, requires_grad=True)
+            radius = slack * x_tr.flatten(1).norm(dim=1).view(-1, *[1] * (x_tr.ndim - 1))
+            wrt.append(delta)
+            optimisers.append(torch.optim.Adam([delta], lr=0.1 * slack))
+        batches = _batches(len(x_tr), batch_size, seed)
+        while True:
+            idx = next(batches)
+            with torch.enable_grad():  # also when called under torch.no_grad()
+                x = x_tr[idx] if slack == 0 else x_tr[idx] + delta[idx]
+                objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx],
+                                        distance).mean()
+                for p, g in zip(wrt, torch.autograd.grad(objective, wrt)):
+                    p.grad = g
+            for opt in optimisers:
+                opt.step()
+            if slack > 0:
+                with torch.no_grad():  # project each δ_i back into its ball
+                    norms = delta.flatten(1).norm(dim=1).view_as(radius).clamp_min(1e-300)
+                    delta.mul_((radius / norms).clamp(max=1.0))
+            yield _report(loss, objective.item()), params.floats()
+
+    # the race: the `race` starts with the lowest probe loss take `race_iterations` steps each, and the one with the
+    # lowest held-out loss so far takes the remaining steps (a good start can sit in a worse basin than the second)
+    ranked = sorted(start_losses, key=start_losses.get)[:race]
+    race_iterations = min(iterations, max(1, iterations // 4)) if len(ranked) > 1 else iterations
+    total = iterations + (len(ranked) - 1) * race_iterations
+    runs = {name: dict(steps=descend(starts[name]), best=dict(loss=loss_of(starts[name], x_ho, r_ho),
+                                                              grid=starts[name], iteration=0)) for name in ranked}
+    done = 0
+
+    def advance(name, count):
+        nonlocal done
+        run = runs[name]
+        for _ in range(count):
+            train_loss, grid = next(run["steps"])
+            run["iteration"] = run.get("iteration", 0) + 1
+            done += 1
+            held_out = loss_of(grid, x_ho, r_ho)
+            if held_out < run["best"]["loss"]:
+                run["best"] = dict(loss=held_out, grid=grid, iteration=run["iteration"])
+            if callback is not None:
+                callback(dict(iteration=done, iterations=total, start=name, train_loss=train_loss,
+                              held_out_loss=held_out, best_held_out_loss=run["best"]["loss"], grid=grid))
+
+    held_out_starts = {name: run["best"]["loss"] for name, run in runs.items()}
+    for name in ranked:
+        advance(name, race_iterations)
+    raced = {name: run["best"]["loss"] for name, run in runs.items()} if len(ranked) > 1 else {}
+    start_name = min(ranked, key=lambda name: runs[name]["best"]["loss"])
+    advance(start_name, iterations - race_iterations)
+    best, grid0, held_out_start = runs[start_name]["best"], starts[start_name], held_out_starts[start_name]
     result = check_timesteps(best["grid"], T)
     if not return_info:
         return result
     info = TuningInfo(base.name, steps, base.nfe(steps), start_name, grid0, result, loss_of(grid0, x_tr, r_tr),
-                      loss_of(result, x_tr, r_tr), held_out_start, best["loss"], iterations, best["iteration"],
-                      teacher, len(train), len(held), seconds_teacher, 0.0, start_losses, learn_first, last)
+                      loss_of(result, x_tr, r_tr), held_out_start, best["loss"], total, best["iteration"],
+                      teacher, len(train), len(held), seconds_teacher, 0.0, start_losses, learn_first, last, loss,
+                      raced)
     info.seconds = time.perf_counter() - t_begin
     return result, info
 

@@ -63,7 +63,7 @@ def fixed_table(model, schedule, methods, nfe, x, ref) -> dict:
 
 
 def tune_kwargs(args) -> dict:
-    names = ("iterations", "lr", "batch_size", "slack", "holdout", "teacher_steps")
+    names = ("iterations", "lr", "batch_size", "slack", "holdout", "teacher_steps", "race")
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
@@ -186,7 +186,7 @@ def main():
                    help="digits: methods whose fixed spacings make 'the best fixed spacing of any method' "
                         "(comma-separated; default every fixed-step deterministic method)")
     for name, kind in (("iterations", int), ("lr", float), ("batch-size", int), ("slack", float),
-                       ("holdout", float), ("teacher-steps", int)):
+                       ("holdout", float), ("teacher-steps", int), ("race", int)):
         p.add_argument(f"--{name}", type=kind, default=None, help=f"tune_timesteps' {name.replace('-', '_')}")
     args = p.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]

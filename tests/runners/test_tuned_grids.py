@@ -148,7 +148,26 @@ def test_tune_grid_end_to_end_then_sample_with_it(tiny, tmp_path, capsys):
     assert (m["method"], m["nfe"], m["identity"]["timesteps"]) == ("DDIM", 4, ts)
 
 
+def test_tune_grid_learns_the_first_timestep_and_pins_the_last(tiny, tmp_path):
+    cfg, _ = tiny
+    out = tmp_path / "grid.json"
+    assert run("tune-grid", "--config", cfg, "--method", "DDIM@paper", "--nfe", 3, "--num-samples", 8,
+               "--eval-samples", 4, "--iterations", 2, "--learn-first", "--last", 0, "--loss", "mse",
+               "--out", out) == 0
+    g = json.loads(out.read_text())
+    ts = g["timesteps"]
+    # learned first timestep: the released grid (666, 333, 0) is a start, so it need not be 999; last pinned at 0
+    assert len(ts) == 4 and ts[-2:] == [0.0, -1.0] and all(a > b for a, b in zip(ts, ts[1:])) and ts[0] <= 999
+    assert g["loss"]["start_spacing"] == "paper" and g["loss"]["start"] == [666.0, 333.0, 0.0, -1.0]
+    assert (g["loss"]["learn_first"], g["loss"]["last"], g["loss"]["objective"]) == (True, 0.0, "mse")
+    assert run("sample", "--config", cfg, "--out", tmp_path / "s", "--num-samples", 2, "--timesteps-file", out) == 0
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["identity"]["timesteps"] == ts
+
+
 @pytest.mark.parametrize("extra, message", [
+    (("--method", "DDIM", "--nfe", 3, "--loss", "l1"), "--loss must be one of log, mse"),
+    (("--method", "DDIM", "--nfe", 3, "--last", 999), "--last must be a timestep in [0, 999)"),
+    (("--method", "DDIM", "--nfe", 2, "--last", 0), "no timestep is left to learn"),
     (("--method", "F-PNDM", "--nfe", 5), "too small to tune F-PNDM"),
     (("--method", "DDPM", "--nfe", 5), "stochastic"),
     (("--method", "PF", "--nfe", 5), "adaptive"),

@@ -250,14 +250,35 @@ def test_same_seed_same_grid_and_a_callback_per_iteration(mixture, problem):
     assert run(3) == run(3)
     assert run(3) != run(4)
     assert [c["iteration"] for c in calls[:4]] == [1, 2, 3, 4]
-    assert set(calls[0]) == {"iteration", "iterations", "train_loss", "held_out_loss", "best_held_out_loss", "grid"}
+    assert set(calls[0]) == {"iteration", "iterations", "start", "train_loss", "held_out_loss", "best_held_out_loss",
+                             "grid"}
     assert calls[3]["best_held_out_loss"] <= min(c["held_out_loss"] for c in calls[:4])  # the start counts too
+
+
+def test_a_race_of_starts_keeps_the_best_and_never_ends_above_any_raced_start(mixture, problem):
+    x, ref = problem
+    kwargs = dict(reference=ref, iterations=8, batch_size=8, seed=1, return_info=True)
+    calls = []
+    grid, info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, race=3, callback=calls.append, **kwargs)
+    ranked = sorted(info.start_losses, key=info.start_losses.get)[:3]
+    assert set(info.raced) == set(ranked) and info.start_spacing == min(info.raced, key=info.raced.get)
+    # 8 steps for the winner, 8 // 4 = 2 more for each of the two others; each start's race in one block, in rank order
+    assert info.iterations == 12 and [c["iteration"] for c in calls] == list(range(1, 13))
+    assert [c["start"] for c in calls] == [n for n in ranked for _ in range(2)] + [info.start_spacing] * 6
+    assert all(c["iterations"] == 12 for c in calls)
+    assert info.held_out_loss == min(c["best_held_out_loss"] for c in calls) <= min(info.raced.values())
+    assert info.held_out_loss <= info.held_out_loss_start
+    # race=1 (the default) is the plain descent from the lowest-loss start, bit for bit
+    plain, plain_info = tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, **kwargs)
+    assert tune_timesteps(mixture, SCHEDULE, "iPNDM", 6, x, race=1, **kwargs)[0] == plain
+    assert plain_info.raced == {} and plain_info.start_spacing == ranked[0] and plain_info.iterations == 8
 
 
 def test_bad_inputs_are_one_line_value_errors(mixture, problem):
     x, ref = problem
     cases = {
         "too small": dict(method="F-PNDM", nfe=5),
+        "race >= 1": dict(method="DDIM", nfe=5, race=0),
         "tune DDIM": dict(method="DDIM", nfe=1),
         "stochastic": dict(method="DDPM", nfe=10),
         "adaptive": dict(method="PF", nfe=10),
