@@ -116,12 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="a deterministic fixed-step method (default: Sample.method); "
                                                   "NAME@SPACING starts the tuning from that spacing")
     p.add_argument("--nfe", type=int, required=True, help="the budget of model evaluations the grid is for")
-    p.add_argument("--num-samples", type=int, default=256,
-                   help="noise samples to tune on (part is held out for validation) (default: 256)")
-    p.add_argument("--eval-samples", type=int, default=128,
+    p.add_argument("--objective", default="teacher",
+                   help="'teacher': fit the grid to a fine solve from the same noise, sample by sample, by gradient "
+                        "(samplers.tune_timesteps); 'fid': search the grid on the FID of its samples from the "
+                        "tuning noise (samplers.search_timesteps; for NFE <= 4, where a per-sample fit does not "
+                        "lower FID; try with --learn-first --last 0 and METHOD@paper) (default: teacher)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="noise samples to tune on (teacher: part is held out for validation) (default: 256 for "
+                        "teacher, 2000 for fid)")
+    p.add_argument("--eval-samples", type=int, default=None,
                    help="further noise samples, never used for tuning, on which the tuned grid and every fixed "
-                        "spacing are compared (default: 128)")
-    p.add_argument("--iterations", type=int, default=None, help="optimiser iterations (default: the library's)")
+                        "spacing are compared (default: 128 for teacher, 2000 for fid)")
+    p.add_argument("--iterations", type=int, default=None, help="teacher: optimiser iterations (default: the "
+                                                                "library's)")
+    p.add_argument("--evaluations", type=int, default=None,
+                   help="fid: FID evaluations of the search after one per start candidate (default: 40)")
+    _features(p, "fid: reference statistics (default: FID.stats)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tuning noise (its own stream: never the "
                                                        "noise 'sample' draws for any seed) (default: 0)")
     p.add_argument("--batch-size", type=int, default=None,

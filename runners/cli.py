@@ -11,7 +11,7 @@ from .config import get, load_config
 from .errors import ArgumentError, ConfigError, UserError
 from .files import check_output_file, check_output_folder
 from .grid_files import check_grid_for, read_grid_file
-from .jobs import AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob
+from .jobs import OBJECTIVES, AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob
 from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, positive, resolve_device,
                     resolve_plan, schedule_of, sha256_file)
 
@@ -233,6 +233,12 @@ def tune_job(args) -> TuneJob:
     nfe = positive("--nfe", args.nfe)
     if args.loss not in LOSSES:
         raise ArgumentError(f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}")
+    if args.objective not in OBJECTIVES:
+        raise ArgumentError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
+    fid = args.objective == "fid"
+    for flag, value, needs in (("--evaluations", args.evaluations, "fid"), ("--iterations", args.iterations, "teacher")):
+        if value is not None and args.objective != needs:
+            raise ArgumentError(f"{flag} is for --objective {needs}, not {args.objective}")
     if args.last is not None and not 0 <= args.last < schedule.T - 1:
         raise ArgumentError(f"--last must be a timestep in [0, {schedule.T - 1}), got {args.last:g}")
     try:
@@ -245,13 +251,15 @@ def tune_job(args) -> TuneJob:
     # fp32 and eager whatever Sample.precision/compile say: the tuning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
     return TuneJob(config=cfg, out=check_output_file(args.out), method=m.name, nfe=nfe, schedule=schedule,
-                   model=model, num_samples=positive("--num-samples", args.num_samples),
-                   eval_samples=positive("--eval-samples", args.eval_samples),
+                   model=model, num_samples=positive("--num-samples", pick(args.num_samples, 2000 if fid else 256)),
+                   eval_samples=positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128)),
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
                    image_shape=image_shape(cfg), device=_device(args), loss=args.loss,
-                   learn_first=bool(args.learn_first), last=args.last)
+                   learn_first=bool(args.learn_first), last=args.last, objective=args.objective,
+                   evaluations=None if args.evaluations is None else nonnegative("--evaluations", args.evaluations),
+                   fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if fid else None)
 
 
 def train_job(args) -> TrainJob:

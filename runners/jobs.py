@@ -146,6 +146,9 @@ class AblateJob:
                          batch_size=self.batch_size, image_shape=self.image_shape, device=self.device)
 
 
+OBJECTIVES = ("teacher", "fid")  # what ``main.py tune-grid`` fits a grid to
+
+
 @dataclass(frozen=True)
 class TuneJob:
     """``main.py tune-grid``: a time grid for ``method`` at ``nfe`` evaluations, learned on this network."""
@@ -166,6 +169,9 @@ class TuneJob:
     loss: str = "log"  # samplers.tune_timesteps' loss, learn_first and last
     learn_first: bool = False
     last: Optional[float] = None
+    objective: str = "teacher"  # or "fid": samplers.search_timesteps on the FID of ``fid``
+    evaluations: Optional[int] = None
+    fid: Optional[FidSpec] = None
 
 
 @dataclass(frozen=True)

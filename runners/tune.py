@@ -7,12 +7,13 @@ never scored on the noise it was tuned on.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from samplers import get_method, sample, tune_timesteps
+from samplers import get_method, sample, search_timesteps, tune_timesteps
 from samplers.grids import SPACINGS
 from samplers.tuning import check_differentiable, teacher_solve
 
@@ -89,6 +90,27 @@ def run_tune_job(job: TuneJob) -> dict:
     eps = load_network(job, device)
     start = time.perf_counter()
     x_T = stream_noise(job.num_samples, job.image_shape, job.seed, TUNE_STREAM).to(device)
+    x_eval = stream_noise(job.eval_samples, job.image_shape, job.seed, EVAL_STREAM).to(device)
+    run = search_on_fid if job.objective == "fid" else tune_on_teacher
+    grid, info, comparison, summary_line = run(job, eps, x_T, x_eval, device)
+    tuning_seconds = info.seconds
+    result = {
+        "format": FORMAT, "timesteps": [float(t) for t in grid], "method": job.method.split("@")[0],
+        "started_from": job.method, "nfe": get_method(job.method).nfe(len(grid) - 1), "nfe_budget": job.nfe,
+        "steps": len(grid) - 1, "checkpoint": job.model.checkpoint, "checkpoint_sha256": job.model.checkpoint_sha256,
+        "schedule": job.config.get("Schedule", {}), "seed": job.seed, "num_samples": job.num_samples,
+        "objective": job.objective, ("search" if job.objective == "fid" else "loss"): info.as_dict(),
+        "comparison": comparison, "seconds": {"tuning": tuning_seconds, "total": time.perf_counter() - start},
+        "config": job.config, "versions": versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json_atomic(job.out, result)
+    print(f"{result['method']} at NFE {result['nfe']}: tuned grid {', '.join(f'{t:.1f}' for t in grid)}")
+    print(f"{summary_line}; tuning took {tuning_seconds:.0f} s → {job.out}")
+    return result
+
+
+def tune_on_teacher(job: TuneJob, eps, x_T, x_eval, device):
+    """``samplers.tune_timesteps``; compared with the fixed spacings by median RMS to the teacher."""
     kwargs = dict(loss=job.loss, learn_first=job.learn_first, last=job.last)
     if job.iterations is not None:
         kwargs["iterations"] = job.iterations
@@ -99,7 +121,7 @@ def run_tune_job(job: TuneJob) -> dict:
     with tqdm(total=job.iterations, desc=f"tuning {job.method} at NFE {job.nfe}", unit="it",
               dynamic_ncols=True) as bar:
         def progress(state: dict) -> None:
-            if bar.total is None and state.get("iterations"):
+            if state.get("iterations"):
                 bar.total = state["iterations"]
             bar.set_postfix(train=f"{state['train_loss']:.3g}", held_out=f"{state['held_out_loss']:.3g}")
             bar.update(1)
@@ -109,26 +131,56 @@ def run_tune_job(job: TuneJob) -> dict:
                                         callback=progress, return_info=True, **kwargs)
         except ValueError as e:  # the library's checks of user input (method, NFE, a model without dt gradients)
             raise ArgumentError(str(e)) from None
-    tuning_seconds = time.perf_counter() - start
-
-    x_eval = stream_noise(job.eval_samples, job.image_shape, job.seed, EVAL_STREAM).to(device)
     with torch.no_grad():
         reference = torch.cat([teacher_solve(eps, job.schedule, chunk) for chunk in x_eval.split(job.batch_size)])
     comparison = compare(eps, job, grid, x_eval, reference)
-    result = {
-        "format": FORMAT, "timesteps": [float(t) for t in grid], "method": job.method.split("@")[0],
-        "started_from": job.method, "nfe": get_method(job.method).nfe(len(grid) - 1), "nfe_budget": job.nfe,
-        "steps": len(grid) - 1, "checkpoint": job.model.checkpoint, "checkpoint_sha256": job.model.checkpoint_sha256,
-        "schedule": job.config.get("Schedule", {}), "seed": job.seed, "num_samples": job.num_samples,
-        "loss": info.as_dict(), "comparison": comparison, "seconds": {"tuning": tuning_seconds,
-                                                                       "total": time.perf_counter() - start},
-        "config": job.config, "versions": versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    write_json_atomic(job.out, result)
     tuned, best = comparison["tuned"], comparison["fixed"][comparison["best_fixed"]]
-    print(f"{result['method']} at NFE {result['nfe']}: tuned grid {', '.join(f'{t:.1f}' for t in grid)}")
-    print(f"on {comparison['samples']} noises not used for tuning, median RMS to the reference: tuned "
-          f"{tuned['median_rms']:.4g}, best fixed spacing {comparison['best_fixed']} {best['median_rms']:.4g} "
-          f"({tuned['median_rms'] / best['median_rms']:.2f}×; RMS over all samples {tuned['rms']:.4g} vs "
-          f"{best['rms']:.4g}); tuning took {tuning_seconds:.0f} s → {job.out}")
-    return result
+    line = (f"on {comparison['samples']} noises not used for tuning, median RMS to the reference: tuned "
+            f"{tuned['median_rms']:.4g}, best fixed spacing {comparison['best_fixed']} {best['median_rms']:.4g} "
+            f"({tuned['median_rms'] / best['median_rms']:.2f}×; RMS over all samples {tuned['rms']:.4g} vs "
+            f"{best['rms']:.4g})")
+    return grid, info, comparison, line
+
+
+def fid_of_grid(eps, job: TuneJob, extractor, x_T, **kwargs) -> float:
+    """FID (against ``job.fid``'s statistics) of ``job.method``'s samples from x_T; inf when they are not finite
+    (a grid the search must avoid, not an error)."""
+    from .fid import fid_from_features
+    from .images import to_uint8
+
+    with torch.no_grad():
+        x0 = torch.cat([sample(eps, chunk, job.schedule, **kwargs) for chunk in x_T.split(job.batch_size)])
+    if not torch.isfinite(x0).all():
+        return math.inf
+    return fid_from_features(extractor(to_uint8(x0)).numpy(), job.fid.reference, extractor.name)
+
+
+def search_on_fid(job: TuneJob, eps, x_T, x_eval, device):
+    """``samplers.search_timesteps`` on the FID of the tuning noise's samples; compared with the fixed spacings by
+    FID on the evaluation noise."""
+    from .evaluate import load_extractor
+
+    extractor = load_extractor(job.fid, device)
+    base = job.method.split("@")[0]
+    kwargs = {} if job.evaluations is None else {"evaluations": job.evaluations}
+    with tqdm(desc=f"searching {job.method} at NFE {job.nfe} on FID", unit="FID", dynamic_ncols=True) as bar:
+        def progress(state: dict) -> None:
+            bar.total = state["evaluations"]
+            bar.set_postfix(fid=f"{state['objective']:.3g}", best=f"{state['best']:.3g}")
+            bar.update(1)
+
+        try:
+            grid, info = search_timesteps(lambda g: fid_of_grid(eps, job, extractor, x_T, method=base, timesteps=g),
+                                          job.schedule, job.method, job.nfe, learn_first=job.learn_first,
+                                          last=job.last, callback=progress, return_info=True, **kwargs)
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
+    fixed = {name: {"fid": fid_of_grid(eps, job, extractor, x_eval, method=name,
+                                       steps=largest_steps(name, job.nfe))} for name in fixed_spacings(job.method)}
+    best = min(fixed, key=lambda name: fixed[name]["fid"])
+    tuned = fid_of_grid(eps, job, extractor, x_eval, method=base, timesteps=grid)
+    comparison = {"samples": int(x_eval.shape[0]), "tuned": {"fid": tuned}, "fixed": fixed, "best_fixed": best,
+                  "extractor_sha256": extractor.weights_sha256, "stats_sha256": job.fid.stats_sha256}
+    line = (f"on {comparison['samples']} noises not used for the search, FID: searched {tuned:.4g}, best fixed "
+            f"spacing {best} {fixed[best]['fid']:.4g} ({tuned / fixed[best]['fid']:.2f}×)")
+    return grid, info, comparison, line

@@ -6,14 +6,17 @@ PNDM (Liu et al., ICLR 2022), their classical baselines, and one ``sample()`` en
     plan('F-PNDM', NoiseSchedule('linear'), 50).nfe  # 59, validated without running
     grid = tune_timesteps(network, schedule, 'UniPC-3(bh2)', nfe=10, x_T=noise)  # a learned 10-NFE grid
     x0 = sample(network, x_T, schedule, 'UniPC-3(bh2)', timesteps=grid)
+    grid = search_timesteps(fid_on_other_noise, schedule, 'DPM-Solver++(2M)', nfe=3, learn_first=True, last=0.0)
 """
 from .api import Method, Plan, SampleInfo, available, expected_nfe, get_method, plan, sample
 from .grids import Grid, uniform_grid
 from .schedule import CONVENTIONS, KINDS, NoiseSchedule
+from .search import SearchInfo, search_timesteps
 from .transfer import transfer
 from .tuning import TuningInfo, tune_timesteps
 
 __all__ = [
     "CONVENTIONS", "KINDS", "Grid", "Method", "NoiseSchedule", "Plan", "SampleInfo", "available", "expected_nfe",
-    "get_method", "plan", "sample", "transfer", "TuningInfo", "tune_timesteps", "uniform_grid",
+    "get_method", "plan", "sample", "SearchInfo", "search_timesteps", "transfer", "TuningInfo", "tune_timesteps",
+    "uniform_grid",
 ]

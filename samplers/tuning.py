@@ -145,7 +145,10 @@ class LogSNRGrid:
         self.floor = self.FLOOR * (self.hi - self.lo) / self.n
         lam = self._lam(schedule.alpha_bar_lerp_torch(torch.tensor([float(t) for t in free], dtype=torch.float64)))
         gaps = torch.diff(torch.cat([torch.tensor([self.lo]), lam, torch.tensor([self.hi])]).to(torch.float64))
-        self.logits = torch.log((gaps - self.floor).clamp_min(1e-3 * self.floor)).requires_grad_(True)
+        raw = (gaps - self.floor).clamp_min(1e-3 * self.floor)
+        if learn_first and len(raw) > 1:  # a start at T−1 has no first gap: give it 5% of the smallest other one,
+            raw[0] = raw[0].clamp_min(0.05 * raw[1:].min())  # else its logit sits ~16 below and never moves
+        self.logits = torch.log(raw).requires_grad_(True)
 
     @staticmethod
     def _lam(ab: Tensor) -> Tensor:
@@ -207,6 +210,15 @@ def steps_for_nfe(m: Method, nfe, T: int) -> int:
         raise ValueError(f"NFE {nfe} is too small to tune {m.name}: a grid needs 2 steps ({need} NFE) to have an "
                          f"interior timestep")
     return steps
+
+
+def check_last(last, T: int) -> Optional[float]:
+    """``last`` as a float timestep in [0, T−1) (or None); a ValueError otherwise."""
+    if last is None:
+        return None
+    if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0 <= last < T - 1:
+        raise ValueError(f"last must be a timestep in [0, {T - 1}), got {last!r}")
+    return float(last)
 
 
 def check_free_points(m: Method, steps: int, learn_first: bool, last: Optional[float]) -> None:
@@ -397,10 +409,7 @@ def tune_timesteps(
         got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
         raise ValueError(f"reference must be the teacher's endpoints for x_T, shape {tuple(x_T.shape)}; got {got}")
     train, held = _split(x_T.shape[0], holdout, seed)
-    if last is not None:
-        if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0 <= last < T - 1:
-            raise ValueError(f"last must be a timestep in [0, {T - 1}), got {last!r}")
-        last = float(last)
+    last = check_last(last, T)
     check_free_points(base, steps, learn_first, last)
     starts = _start_candidates(schedule, steps, spacing if start is None else start, learn_first, last)
     teacher = "reference given" if reference is not None else \

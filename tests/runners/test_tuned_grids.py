@@ -164,7 +164,48 @@ def test_tune_grid_learns_the_first_timestep_and_pins_the_last(tiny, tmp_path):
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["identity"]["timesteps"] == ts
 
 
+def test_tune_grid_on_fid_reports_the_fid_it_searched_and_the_fixed_spacings(tiny, tmp_path, capsys):
+    import numpy as np
+    import yaml as _yaml
+
+    from models import load_model
+    from runners.features import build_extractor
+    from runners.fid import fid_from_features, load_stats
+    from runners.images import to_uint8
+    from runners.tune import TUNE_STREAM, stream_noise
+    from samplers import NoiseSchedule, sample
+
+    cfg_path, ckpt = tiny
+    out = tmp_path / "grid.json"
+    assert run("tune-grid", "--config", cfg_path, "--objective", "fid", "--method", "DPM-Solver++(2M)@paper",
+               "--nfe", 3, "--learn-first", "--last", 0, "--num-samples", 16, "--eval-samples", 8,
+               "--evaluations", 3, "--out", out) == 0
+    g = json.loads(out.read_text())
+    ts, search = g["timesteps"], g["search"]
+    assert g["objective"] == "fid" and (g["method"], g["nfe"]) == ("DPM-Solver++(2M)", 3) and ts[-2:] == [0.0, -1.0]
+    assert search["start"] == [666.0, 333.0, 0.0, -1.0] and search["evaluations"] == 1 + 3
+    assert search["objective"] <= search["objective_start"]
+    fixed = g["comparison"]["fixed"]
+    assert "DPM-Solver++(2M)@paper" in fixed and all(np.isfinite(v["fid"]) for v in fixed.values())
+    assert g["comparison"]["best_fixed"] == min(fixed, key=lambda n: fixed[n]["fid"])
+    assert "FID: searched" in capsys.readouterr().out
+    # the searched objective is the FID of the grid's samples from the tuning stream, recomputed here
+    cfg = _yaml.safe_load(cfg_path.read_text())
+    net = load_model(cfg, str(ckpt))
+    x = stream_noise(16, (1, 8, 8), 0, TUNE_STREAM)
+    with torch.no_grad():
+        x0 = sample(lambda a, t: net(a, t), x, NoiseSchedule.from_config(cfg["Schedule"]), "DPM-Solver++(2M)",
+                    timesteps=ts)
+    extractor = build_extractor("digits", cfg["FID"]["extractor_weights"], "cpu")
+    fid = fid_from_features(extractor(to_uint8(x0)).numpy(), load_stats(cfg["FID"]["stats"]), extractor.name)
+    assert fid == pytest.approx(search["objective"], rel=1e-6)
+
+
 @pytest.mark.parametrize("extra, message", [
+    (("--method", "DDIM", "--nfe", 3, "--objective", "lpips"), "--objective must be one of teacher, fid"),
+    (("--method", "DDIM", "--nfe", 3, "--evaluations", 3), "--evaluations is for --objective fid"),
+    (("--method", "DDIM", "--nfe", 3, "--objective", "fid", "--iterations", 3), "--iterations is for --objective "
+                                                                                  "teacher"),
     (("--method", "DDIM", "--nfe", 3, "--loss", "l1"), "--loss must be one of log, mse"),
     (("--method", "DDIM", "--nfe", 3, "--last", 999), "--last must be a timestep in [0, 999)"),
     (("--method", "DDIM", "--nfe", 2, "--last", 0), "no timestep is left to learn"),

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Grids searched on FID (``samplers.search_timesteps``) on the digits model, scored on noise the search never saw.
+
+For each budget: the search starts from the method's released grid (``@paper``: first timestep T − T/N, last
+evaluation at t = 0; both learned/pinned as ``learn_first=True, last=0.0``) and minimises the FID of
+``--samples`` samples drawn from the tuning noise stream (``runners.tune.TUNE_STREAM``, which ``main.py sample``
+never uses); the found grid and its start are then scored by FID on ``--seeds`` noise seeds of the sampling stream
+(the scored noise of docs/TUNED_FID.md), mean ± sd over seeds.
+
+    python scripts/bench_grid_search.py                                  # NFE 3 and 4, ~25 min on 2 busy cores
+    python scripts/bench_grid_search.py --nfe 3 --methods "DPM-Solver++(2M)" --evaluations 40
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from samplers import sample, search_timesteps  # noqa: E402
+
+# the best fixed configurations of docs/TUNED_FID.md at NFE 3 and 4
+METHODS = {3: "DPM-Solver++(2M)", 4: "iPNDM"}
+
+
+def main() -> None:
+    from bench_tuned_fid import digits_network, fid_of
+    from runners.fid import fid_from_features
+    from runners.frontier.fid_screen import DIGITS_SHAPE, DigitsFID
+    from runners.images import to_uint8
+    from runners.tune import TUNE_STREAM, stream_noise
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nfe", default="3,4", help="budgets, comma-separated")
+    p.add_argument("--methods", default=None, help="one method per budget, comma-separated (default: the best "
+                                                    "fixed configuration's: DPM-Solver++(2M) at 3, iPNDM at 4)")
+    p.add_argument("--samples", type=int, default=2000, help="tuning samples per FID, and scored samples per seed")
+    p.add_argument("--seeds", type=int, default=5, help="scored noise seeds 0..N-1")
+    p.add_argument("--evaluations", type=int, default=40, help="search evaluations after the start")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    budgets = [int(b) for b in args.nfe.split(",") if b.strip()]
+    methods = args.methods.split(",") if args.methods else [METHODS[b] for b in budgets]
+
+    fid = DigitsFID(args.samples)
+    net = digits_network()
+    x_tune = stream_noise(args.samples, DIGITS_SHAPE, 0, TUNE_STREAM)
+
+    def tuning_fid(method):
+        def objective(grid) -> float:
+            with torch.no_grad():
+                x0 = torch.cat([sample(net, c, fid.schedule, method, timesteps=grid) for c in x_tune.split(1000)])
+            if not torch.isfinite(x0).all():
+                return math.inf
+            return fid_from_features(fid.extractor(to_uint8(x0)).numpy(), fid.reference, fid.extractor.name)
+        return objective
+
+    def scored(method, grid) -> list[float]:
+        values = []
+        for seed in range(args.seeds):
+            fid.reseed(seed)
+            values.append(fid_of(fid, net, method, timesteps=grid))
+        return values
+
+    print("| NFE | method | grid | FID on the tuning noise | scored FID (mean ± sd over seeds) | ratio | search time |")
+    print("|---|---|---|---|---|---|---|")
+    for nfe, method in zip(budgets, methods):
+        t0 = time.perf_counter()
+        with tqdm(desc=f"search {method} NFE {nfe}", unit="FID", dynamic_ncols=True) as bar:
+            def progress(state):
+                bar.total = state["evaluations"]
+                bar.set_postfix(best=f"{state['best']:.2f}")
+                bar.update(1)
+
+            grid, info = search_timesteps(tuning_fid(method), fid.schedule, f"{method}@paper", nfe,
+                                          evaluations=args.evaluations, learn_first=True, last=0.0,
+                                          callback=progress, return_info=True)
+        seconds = time.perf_counter() - t0
+        start, found = scored(method, info.start), scored(method, grid)
+        for label, g, tuning, values in (("released grid (start)", info.start, info.objective_start, start),
+                                         ("searched", grid, info.objective, found)):
+            print(f"| {nfe} | {method} {label} | {', '.join(f'{t:.1f}' for t in g)} | {tuning:.2f} | "
+                  f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} | "
+                  f"{statistics.mean(values) / statistics.mean(start):.2f}× | "
+                  f"{f'{seconds:.0f} s' if label == 'searched' else ''} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
