@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -24,22 +24,16 @@ import torch
 
 from .grids import as_int, check_timesteps
 from .schedule import NoiseSchedule
-from .tuning import LogSNRGrid, _start_candidates, check_free_points, check_last, steps_for_nfe, tunable_method
+from .tuning import GridChoice, LogSNRGrid, _start_candidates, check_free_points, check_last, steps_for_nfe, tunable_method
 
 STEP = 0.5  # the initial simplex: each free log-gap moved by 0.5, a gap 1.65× longer (relative to the others)
 
 
 @dataclass
-class SearchInfo:
+class SearchInfo(GridChoice):
     """What ``search_timesteps`` did: the start (the candidate with the lowest objective), the objective there and
     at the result, the objective of every start candidate, and the evaluations in all (start candidates included)."""
 
-    method: str
-    steps: int
-    nfe: int
-    start_spacing: str
-    start: list
-    grid: list
     objective_start: float
     objective: float
     evaluations: int
@@ -47,9 +41,6 @@ class SearchInfo:
     learn_first: bool = False
     last: Optional[float] = None
     seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def search_timesteps(

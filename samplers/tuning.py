@@ -43,13 +43,9 @@ TEACHER = "UniPC-3(bh2)"
 
 
 @dataclass
-class TuningInfo:
-    """What ``tune_timesteps`` did. Losses are RMS distances to the teacher as its ``loss`` measures them (the
-    geometric mean over samples of the per-sample RMS for "log", the RMS over all samples for "mse"), on
-    the tuning samples (``train_*``) and the held-out ones (``held_out_*``), for the start grid and the result;
-    ``start_losses``: each candidate start's loss on (up to) two batches of tuning samples; ``iterations``: the
-    steps taken, races included; ``best_iteration``: the winning iterate's step along its own descent (0: the
-    start)."""
+class GridChoice:
+    """The part of a learned grid's record that every way of learning it shares: the method, its steps and NFE,
+    the start (its spacing's name and grid) and the resulting grid."""
 
     method: str
     steps: int
@@ -57,6 +53,20 @@ class TuningInfo:
     start_spacing: str
     start: list
     grid: list
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TuningInfo(GridChoice):
+    """What ``tune_timesteps`` did. Losses are RMS distances to the teacher as its ``loss`` measures them (the
+    geometric mean over samples of the per-sample RMS for "log", the RMS over all samples for "mse"), on
+    the tuning samples (``train_*``) and the held-out ones (``held_out_*``), for the start grid and the result;
+    ``start_losses``: each candidate start's loss on (up to) two batches of tuning samples; ``iterations``: the
+    steps taken, races included; ``best_iteration``: the winning iterate's step along its own descent (0: the
+    start)."""
+
     train_loss_start: float
     train_loss: float
     held_out_loss_start: float
@@ -73,9 +83,6 @@ class TuningInfo:
     last: Optional[float] = None
     objective: str = "log"  # the ``loss`` argument
     raced: dict = field(default_factory=dict)  # with race > 1: each raced start's best held-out loss after its race
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------------------------
