@@ -228,7 +228,7 @@ def tune_job(args) -> TuneJob:
     method = pick(args.method, get(cfg, "Sample", "method"))
     if method is None:
         raise ArgumentError("no method: pass --method or set Sample.method")
-    from samplers.tuning import LOSSES, check_free_points, steps_for_nfe, tunable_method
+    from samplers.tuning import LOSSES, check_free_points, check_last, steps_for_nfe, tunable_method
 
     nfe = positive("--nfe", args.nfe)
     if args.loss not in LOSSES:
@@ -236,11 +236,14 @@ def tune_job(args) -> TuneJob:
     if args.objective not in OBJECTIVES:
         raise ArgumentError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
     fid = args.objective == "fid"
-    for flag, value, needs in (("--evaluations", args.evaluations, "fid"), ("--iterations", args.iterations, "teacher")):
+    for flag, value, needs in (("--evaluations", args.evaluations, "fid"),
+                               ("--iterations", args.iterations, "teacher")):
         if value is not None and args.objective != needs:
             raise ArgumentError(f"{flag} is for --objective {needs}, not {args.objective}")
-    if args.last is not None and not 0 <= args.last < schedule.T - 1:
-        raise ArgumentError(f"--last must be a timestep in [0, {schedule.T - 1}), got {args.last:g}")
+    try:
+        check_last(args.last, schedule.T)
+    except ValueError as e:
+        raise ArgumentError(f"--{e}") from None
     try:
         base, _ = tunable_method(method)
         check_free_points(base, steps_for_nfe(base, nfe, schedule.T), bool(args.learn_first), args.last)

@@ -150,12 +150,14 @@ def header(args, seconds: float) -> str:
             f"to the teacher can score worse. docs/TUNING.md has the reading.\n\n")
 
 
-def fid_of(fid, net, method: str, steps: int = None, timesteps=None, n: int = None) -> float:
-    """FID of one configuration on ``fid``'s current noise (the first ``n``), inf when samples are not finite."""
+def fid_of(fid, net, method: str, steps: int = None, timesteps=None, n: int = None, x_T=None) -> float:
+    """FID of one configuration on ``x_T`` (default ``fid``'s current noise; the first ``n``), inf when samples
+    are not finite."""
     from runners.fid import fid_from_features
     from runners.images import to_uint8
 
-    x_T = fid.x_T if n is None else fid.x_T[:n]
+    x_T = fid.x_T if x_T is None else x_T
+    x_T = x_T if n is None else x_T[:n]
     kwargs = dict(steps=steps) if timesteps is None else dict(timesteps=timesteps)
     with torch.no_grad():
         x0 = torch.cat([sample(net, chunk, fid.schedule, method, **kwargs) for chunk in x_T.split(1000)])
