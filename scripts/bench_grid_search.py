@@ -9,6 +9,11 @@ never uses); the found grid and its start are then scored by FID on ``--seeds`` 
 
     python scripts/bench_grid_search.py                                  # NFE 3 and 4, ~25 min on 2 busy cores
     python scripts/bench_grid_search.py --nfe 3 --methods "DPM-Solver++(2M)" --evaluations 40
+
+Transfer check (``--search-classifier W``): the search minimises the Fréchet distance in the features of another
+digits classifier (weights W, e.g. ``scripts/train_digits_classifier.py --seed 1 --out W``; reference statistics
+from the 1,797 digits in its features), and the found grid is still scored with the demo's own FID network, so
+the search never sees the feature network it is judged by.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=2000, help="tuning samples per FID, and scored samples per seed")
     p.add_argument("--seeds", type=int, default=5, help="scored noise seeds 0..N-1")
     p.add_argument("--evaluations", type=int, default=40, help="search evaluations after the start")
+    p.add_argument("--search-classifier", default=None, metavar="WEIGHTS",
+                   help="search on the Fréchet distance in this digits classifier's features instead of the "
+                        "scoring FID network's (transfer check)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,6 +58,7 @@ def main() -> None:
     fid = DigitsFID(args.samples)
     net = digits_network()
     x_tune = stream_noise(args.samples, DIGITS_SHAPE, 0, TUNE_STREAM)
+    search_fid = fid if args.search_classifier is None else other_network_fid(fid, args.search_classifier)
 
     def scored(method, grid) -> list[float]:
         values = []
@@ -70,7 +79,7 @@ def main() -> None:
                 bar.update(1)
 
             def tuning_fid(grid, method=method) -> float:  # the tuning noise, never the scored one
-                return fid_of(fid, net, method, timesteps=grid, x_T=x_tune)
+                return fid_of(search_fid, net, method, timesteps=grid, x_T=x_tune)
 
             grid, info = search_timesteps(tuning_fid, fid.schedule, f"{method}@paper", nfe,
                                           evaluations=args.evaluations, learn_first=True, last=0.0,
@@ -83,6 +92,25 @@ def main() -> None:
                   f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} | "
                   f"{statistics.mean(values) / statistics.mean(start):.2f}× | "
                   f"{f'{seconds:.0f} s' if label == 'searched' else ''} |", flush=True)
+
+
+def other_network_fid(fid, weights: str):
+    """A view of ``fid`` whose extractor is the digits classifier ``weights`` and whose reference statistics are
+    the digits dataset's in that network's features (same schedule and noise)."""
+    from types import SimpleNamespace
+
+    from runners.datasets import digits_images
+    from runners.features import build_extractor
+    from runners.fid import statistics
+
+    extractor = build_extractor("digits", weights, "cpu")
+    if extractor.weights_sha256 == fid.extractor.weights_sha256:
+        sys.exit("error: --search-classifier is the scoring FID network itself; give another classifier's weights")
+    images = digits_images()
+    mu, sigma = statistics(extractor(images).numpy())
+    reference = {"mu": mu, "sigma": sigma, "extractor": extractor.name, "dims": len(mu), "num_images": len(images),
+                 "source": f"DIGITS:train in {weights}", "extractor_sha256": extractor.weights_sha256}
+    return SimpleNamespace(schedule=fid.schedule, extractor=extractor, reference=reference, x_T=fid.x_T)
 
 
 if __name__ == "__main__":
