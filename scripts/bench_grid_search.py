@@ -103,7 +103,12 @@ def other_network_fid(fid, weights: str):
     from runners.features import build_extractor
     from runners.fid import statistics
 
-    extractor = build_extractor("digits", weights, "cpu")
+    from runners.errors import UserError
+
+    try:
+        extractor = build_extractor("digits", weights, "cpu")
+    except UserError as e:  # a missing or unreadable file: one line, before any search starts
+        sys.exit(f"error: --search-classifier: {e}")
     if extractor.weights_sha256 == fid.extractor.weights_sha256:
         sys.exit("error: --search-classifier is the scoring FID network itself; give another classifier's weights")
     images = digits_images()

@@ -43,3 +43,12 @@ def test_other_network_fid_refuses_the_scoring_network():
     fid = DigitsFID(16)
     with pytest.raises(SystemExit, match="scoring FID network itself"):
         load_script().other_network_fid(fid, str(REPO / "models" / "weights" / "digits_classifier.pt"))
+
+
+def test_other_network_fid_unreadable_weights_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a state dict")
+    with pytest.raises(SystemExit, match="^error: --search-classifier: cannot load the digits classifier"):
+        load_script().other_network_fid(DigitsFID(16), str(bad))
+    with pytest.raises(SystemExit, match="^error: --search-classifier: digits classifier weights not found"):
+        load_script().other_network_fid(DigitsFID(16), str(tmp_path / "missing.pt"))
