@@ -67,7 +67,8 @@ def main() -> None:
             values.append(fid_of(fid, net, method, timesteps=grid))
         return values
 
-    print("| NFE | method | grid | FID on the tuning noise | scored FID (mean ± sd over seeds) | ratio | "
+    searched_on = "FID" if args.search_classifier is None else "FD in the --search-classifier's features"
+    print(f"| NFE | method | grid | {searched_on} on the tuning noise | scored FID (mean ± sd over seeds) | ratio | "
           "search time |")
     print("|---|---|---|---|---|---|---|")
     for nfe, method in zip(budgets, methods):
@@ -100,10 +101,9 @@ def other_network_fid(fid, weights: str):
     from types import SimpleNamespace
 
     from runners.datasets import digits_images
+    from runners.errors import UserError
     from runners.features import build_extractor
     from runners.fid import statistics
-
-    from runners.errors import UserError
 
     try:
         extractor = build_extractor("digits", weights, "cpu")
