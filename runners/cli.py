@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import get, load_config
-from .errors import ArgumentError, ConfigError, UserError
+from .errors import ArgumentError, ConfigError, OutputError, UserError
 from .files import check_output_file, check_output_folder
-from .grid_files import check_grid_for, read_grid_file
+from .grid_files import check_grid_for, is_grid_file, read_grid_file
 from .jobs import OBJECTIVES, AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob
 from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, positive, resolve_device,
                     resolve_plan, schedule_of, sha256_file)
@@ -220,6 +220,16 @@ def ablate_job(args) -> AblateJob:
         noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
 
 
+def check_grid_output(out) -> Path:
+    """tune-grid's --out: a new file or an earlier grid file; anything else (a config, statistics, a checkpoint
+    named by mistake) is refused rather than overwritten."""
+    path = check_output_file(out, example="grid.json")
+    if path.exists() and not is_grid_file(path):
+        raise OutputError(f"--out {path} exists and is not a grid file; refusing to overwrite it (choose another "
+                          f"name or remove it)")
+    return path
+
+
 def tune_job(args) -> TuneJob:
     from samplers import get_method
 
@@ -253,9 +263,12 @@ def tune_job(args) -> TuneJob:
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the tuning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
-    return TuneJob(config=cfg, out=check_output_file(args.out), method=m.name, nfe=nfe, schedule=schedule,
+    eval_samples = positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128))
+    if fid and eval_samples < 2:  # before the search, not after it
+        raise ArgumentError(f"--objective fid needs --eval-samples of at least 2 for a FID, got {eval_samples}")
+    return TuneJob(config=cfg, out=check_grid_output(args.out), method=m.name, nfe=nfe, schedule=schedule,
                    model=model, num_samples=positive("--num-samples", pick(args.num_samples, 2000 if fid else 256)),
-                   eval_samples=positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128)),
+                   eval_samples=eval_samples,
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),

@@ -120,13 +120,13 @@ def check_output_folder(folder: Path, flag: str = "--out") -> Path:
     return folder
 
 
-def check_output_file(path: Path, flag: str = "--out") -> Path:
+def check_output_file(path: Path, flag: str = "--out", example: str = "stats.npz") -> Path:
     """Refuse an output file path that is a folder or sits in an unwritable place, before any work."""
     if not str(path).strip():
         raise OutputError(f"{flag} is empty; name an output file")
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'stats.npz'})")
+        raise OutputError(f"{flag} {path} is a folder; give a file name (e.g. {path / example})")
     check_output_folder(path.parent, flag)
     return path
 

@@ -3,12 +3,15 @@
 A grid file is JSON. ``timesteps`` is the grid (descending, ending with −1); ``method`` is the base method it was
 tuned for; ``checkpoint_sha256`` and ``schedule`` name the network and noise schedule it was tuned on. A grid tuned
 for one network or solver is a guess for another, so using it elsewhere is refused unless the user says
-``--force``; a grid that does not fit the schedule (a timestep beyond its last) is refused always.
+``--force`` — so is a file that does not say which network and schedule it was tuned on (a hand-written grid);
+a grid that does not fit the schedule (a timestep beyond its last) or does not end at −1 is refused always.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,6 +38,15 @@ class GridFile:
         return hashlib.sha256(json.dumps([float(t) for t in self.timesteps]).encode()).hexdigest()
 
 
+def is_grid_file(path) -> bool:
+    """Whether ``path`` holds JSON written as a grid file (``format``), whatever else it says."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def read_grid_file(path) -> GridFile:
     """Read and check a grid file; every problem is one ``UserError`` naming the file."""
     path = Path(path)
@@ -48,13 +60,48 @@ def read_grid_file(path) -> GridFile:
             or not isinstance(data.get("method"), str):
         raise UserError(f"{path} is not a grid file (it needs a 'timesteps' list and a 'method'; write one with "
                         f"'main.py tune-grid')")
-    try:
-        timesteps = tuple(float(t) for t in data["timesteps"])
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: 'timesteps' must be a list of numbers") from None
+    timesteps = tuple(_timestep(path, t) for t in data["timesteps"])
+    if len(timesteps) < 2:
+        raise UserError(f"{path}: 'timesteps' needs at least two entries (a start and the final -1)")
+    if timesteps[-1] != -1.0:
+        # every engine treats only a final −1 as the step to the data (ā = 1); a grid that stops at t ≥ 0 would
+        # return noisy images, or extrapolate the wrong way, and still look like a run
+        raise UserError(f"{path}: 'timesteps' must end at -1 (the step to the data); it ends at {timesteps[-1]:g}")
+    method = _tuned_method(path, data["method"])
     nfe = data.get("nfe")
-    return GridFile(str(path), timesteps, data["method"], int(nfe) if isinstance(nfe, int) else None,
-                    data.get("checkpoint_sha256"), data.get("schedule"))
+    if nfe is not None:
+        expected = method.nfe(len(timesteps) - 1)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe != expected:
+            raise UserError(f"{path}: 'nfe' is {nfe!r}, but {method.name} on these {len(timesteps) - 1} steps "
+                            f"makes {expected} model evaluations")
+    sha = data.get("checkpoint_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise UserError(f"{path}: 'checkpoint_sha256' must be 64 lowercase hex digits, got {sha!r}")
+    schedule = data.get("schedule")
+    if schedule is not None:
+        try:
+            _schedule_key(schedule)
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: 'schedule' must be a config's Schedule section (type, beta_start, beta_end, "
+                            f"diffusion_step), got {schedule!r}") from None
+    return GridFile(str(path), timesteps, data["method"], nfe, sha, schedule)
+
+
+def _timestep(path: Path, t) -> float:
+    """One entry of 'timesteps' as a float: a JSON number, finite (a bool or a string is not a timestep)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise UserError(f"{path}: 'timesteps' must be a list of numbers (finite ones), got {t!r}")
+    return float(t)
+
+
+def _tuned_method(path: Path, name: str):
+    """The method a grid file says it was tuned for, if grids can be tuned for it (deterministic, fixed-step)."""
+    from samplers.tuning import tunable_method
+
+    try:
+        return tunable_method(name)[0]
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule_section: dict,
@@ -69,10 +116,14 @@ def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule
         tuned_for = grid.method
     if tuned_for.upper() != get_method(method).name.upper():
         mismatches.append(f"it was tuned for {grid.method}, not {method}")
-    if grid.checkpoint_sha256 and grid.checkpoint_sha256 != checkpoint_sha256:
+    if grid.checkpoint_sha256 is None:
+        mismatches.append("it does not record the checkpoint it was tuned for ('checkpoint_sha256')")
+    elif grid.checkpoint_sha256 != checkpoint_sha256:
         mismatches.append(f"it was tuned for checkpoint {grid.checkpoint_sha256[:12]}…, this one is "
                           f"{checkpoint_sha256[:12]}…")
-    if grid.schedule is not None and _schedule_key(grid.schedule) != _schedule_key(schedule_section):
+    if grid.schedule is None:
+        mismatches.append("it does not record the schedule it was tuned for ('schedule')")
+    elif _schedule_key(grid.schedule) != _schedule_key(schedule_section):
         mismatches.append(f"it was tuned for schedule {grid.schedule}, this config's is {schedule_section}")
     if mismatches and not force:
         raise ArgumentError(f"grid file {grid.path}: {'; '.join(mismatches)} (add --force to use it anyway)")
@@ -80,6 +131,8 @@ def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule
 
 def _schedule_key(section: dict) -> tuple:
     """The values that define ā (the released config's keys, with their defaults)."""
-    section = dict(section or {})
+    if not isinstance(section, dict):
+        raise TypeError(f"a Schedule section is a mapping, got {type(section).__name__}")
+    section = dict(section)
     return (str(section.get("type", "linear")).lower(), float(section.get("beta_start", 1e-4)),
             float(section.get("beta_end", 0.02)), int(section.get("diffusion_step", 1000)))

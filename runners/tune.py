@@ -18,7 +18,7 @@ from samplers.grids import SPACINGS
 from samplers.tuning import check_differentiable, teacher_solve
 
 from .errors import ArgumentError, UserError
-from .files import write_json_atomic
+from .files import OutputLock, write_json_atomic
 from .grid_files import FORMAT
 from .jobs import TuneJob
 from .sampling import versions
@@ -86,6 +86,11 @@ def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.T
 
 
 def run_tune_job(job: TuneJob) -> dict:
+    with OutputLock.for_file(job.out):  # two tunings into one file: the second is refused, not silently last
+        return _run_tune_job(job)
+
+
+def _run_tune_job(job: TuneJob) -> dict:
     device = resolve_device(job.device)
     eps = load_network(job, device)
     start = time.perf_counter()
@@ -104,7 +109,7 @@ def run_tune_job(job: TuneJob) -> dict:
         "config": job.config, "versions": versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json_atomic(job.out, result)
-    print(f"{result['method']} at NFE {result['nfe']}: tuned grid {', '.join(f'{t:.1f}' for t in grid)}")
+    print(f"{result['method']} at NFE {result['nfe']}: tuned grid {', '.join(f'{t:.6g}' for t in grid)}")
     print(f"{summary_line}; tuning took {tuning_seconds:.0f} s → {job.out}")
     return result
 

@@ -26,6 +26,14 @@ def grid_file(path: Path, ckpt: Path, method="DDIM", timesteps=GRID, **extra) ->
     return path
 
 
+def unrecorded(path: Path) -> Path:
+    """The grid file without the checkpoint it was tuned for."""
+    data = json.loads(path.read_text())
+    del data["checkpoint_sha256"]
+    path.write_text(json.dumps(data))
+    return path
+
+
 def run(*args):
     return main([*map(str, args), "--device", "cpu"])
 
@@ -66,6 +74,7 @@ def test_the_config_key_names_a_grid_too(tiny, tmp_path):
     ("checkpoint", "tuned for checkpoint"),
     ("method", "tuned for DDIM, not S-PNDM"),
     ("schedule", "tuned for schedule"),
+    ("unrecorded", "does not record the checkpoint"),  # a hand-written grid: provenance unknown
 ])
 def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_path, capsys, case, message):
     cfg, ckpt = tiny
@@ -73,7 +82,8 @@ def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_pat
     _, other_ckpt = write_tiny(tmp_path / "other", seed=1)
     path = {"checkpoint": lambda: grid_file(tmp_path / "g.json", other_ckpt),
             "method": lambda: grid_file(tmp_path / "g.json", ckpt),
-            "schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"type": "cosine"})}[case]()
+            "schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"type": "cosine"}),
+            "unrecorded": lambda: unrecorded(grid_file(tmp_path / "g.json", ckpt))}[case]()
     extra = ("--method", "S-PNDM") if case == "method" else ()
     assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2, "--timesteps-file", path,
                *extra) == 2
@@ -93,6 +103,21 @@ def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_pat
     (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM"}), ("--steps", 5), "--steps and a tuned grid"),
     (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM"}), ("--method", "DDIM@karras"), "not 'DDIM@karras'"),
     (json.dumps({"timesteps": [999, 500, -1], "method": "PF"}), (), "PF is an adaptive solver"),
+    # a grid that stops short of the data would return noisy images and exit 0
+    (json.dumps({"timesteps": [999, 600, 500], "method": "DDIM"}), (), "must end at -1"),
+    (json.dumps({"timesteps": [999, 600, 0], "method": "UniPC-3(bh2)"}), (), "must end at -1"),
+    (json.dumps({"timesteps": [-1], "method": "DDIM"}), (), "at least two entries"),
+    (json.dumps({"timesteps": ["999", "500", -1], "method": "DDIM"}), (), "list of numbers"),
+    (json.dumps({"timesteps": [999, True, -1], "method": "DDIM"}), (), "list of numbers"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDPM"}), (), "DDPM is stochastic"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "nfe": "2"}), (), "'nfe' is '2'"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "nfe": 7}), (), "makes 2 model evaluations"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "checkpoint_sha256": 12345}), (),
+     "'checkpoint_sha256' must be"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "schedule": "linear"}), (), "'schedule' must be"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "schedule": [1, 2]}), (), "'schedule' must be"),
+    (json.dumps({"timesteps": [999, 500, -1], "method": "DDIM", "schedule": {"beta_start": "abc"}}), (),
+     "'schedule' must be"),
 ])
 def test_bad_grid_files_are_one_line(tiny, tmp_path, capsys, content, extra, message):
     cfg, _ = tiny
@@ -146,6 +171,24 @@ def test_tune_grid_end_to_end_then_sample_with_it(tiny, tmp_path, capsys):
     assert run("sample", "--config", cfg, "--out", tmp_path / "s", "--num-samples", 2, "--timesteps-file", out) == 0
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert (m["method"], m["nfe"], m["identity"]["timesteps"]) == ("DDIM", 4, ts)
+    # tuning again into the same file replaces the earlier grid; no lock is left behind
+    assert run("tune-grid", "--config", cfg, "--method", "DDIM", "--nfe", 3, "--num-samples", 8,
+               "--eval-samples", 4, "--iterations", 1, "--out", out) == 0
+    assert json.loads(out.read_text())["nfe"] == 3 and not [p for p in tmp_path.iterdir() if "lock" in p.name]
+
+
+@pytest.mark.parametrize("victim", ["config", "stats"])
+def test_tune_grid_does_not_overwrite_a_file_that_is_not_a_grid(tiny, tmp_path, capsys, victim):
+    cfg, _ = tiny
+    path = cfg if victim == "config" else tmp_path / "stats.npz"
+    if victim == "stats":
+        path.write_bytes(b"PK\x03\x04 not json")
+    before = path.read_bytes()
+    assert run("tune-grid", "--config", cfg, "--method", "DDIM", "--nfe", 3, "--num-samples", 8,
+               "--eval-samples", 4, "--iterations", 1, "--out", path) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a grid file; refusing to overwrite" in err, err
+    assert path.read_bytes() == before
 
 
 def test_tune_grid_learns_the_first_timestep_and_pins_the_last(tiny, tmp_path):
@@ -214,6 +257,7 @@ def test_tune_grid_on_fid_reports_the_fid_it_searched_and_the_fixed_spacings(tin
     (("--method", "PF", "--nfe", 5), "adaptive"),
     (("--method", "nope", "--nfe", 5), "unknown method"),
     (("--method", "DDIM", "--nfe", 0), "--nfe must be at least 1"),
+    (("--method", "DDIM", "--nfe", 3, "--objective", "fid", "--eval-samples", 1), "--eval-samples of at least 2"),
 ])
 def test_tune_grid_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
     cfg, _ = tiny
