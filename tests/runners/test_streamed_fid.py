@@ -84,8 +84,9 @@ def test_extractor_weights_sha256_in_statistics_and_fid_json(tiny, tmp_path, cap
     assert sample(cfg, out, "--num-samples", 20, "--batch-size", 20, "--fid") == 0
     digest = sha256_file(DIGITS_WEIGHTS)
     assert fid_json(out)["extractor_sha256"] == digest
-    assert fid_json(out)["stats_extractor_sha256"] is None  # the committed statistics predate the field
-    assert load_stats(REPO / "models/weights/digits_fid_stats.npz")["extractor_sha256"] is None
+    # the committed statistics name the weights they were computed with, so other weights are refused with them
+    assert fid_json(out)["stats_extractor_sha256"] == digest
+    assert load_stats(REPO / "models/weights/digits_fid_stats.npz")["extractor_sha256"] == digest
     stats = tmp_path / "st.npz"
     assert main(["stats", "--config", str(cfg), "--source", str(out), "--out", str(stats), "--device", "cpu"]) == 0
     with np.load(stats) as f:
@@ -103,6 +104,13 @@ def test_extractor_weights_sha256_in_statistics_and_fid_json(tiny, tmp_path, cap
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(err) == 1 and "other digits-classifier-128 weights" in err[0], err
     assert not (tmp_path / "refused").exists()
+    # and so are the committed statistics, when a finished folder is scored with other weights: its fid.json stays
+    before = (out / "fid.json").read_bytes()
+    code = main(["fid", "--config", str(cfg), "--samples", str(out), "--inception-weights", str(other),
+                 "--device", "cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(err) == 1 and "other digits-classifier-128 weights" in err[0], err
+    assert (out / "fid.json").read_bytes() == before
 
 
 def test_background_png_writes_equal_sequential_writes(tmp_path):
