@@ -61,7 +61,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "Sample": {
         "mpi4py": "bool", "batch_size": "int", "last_only": "bool", "total_num": "int", "method": "str",
         "steps": "int", "convention": "str", "seed": "int", "precision": "str",
-        "compile": "bool", "timesteps_file": "path",
+        "compile": "bool", "timesteps_file": "path?",
     },
     "FID": {
         "stats": "path", "extractor": "str", "extractor_weights": "path", "num_samples": "int",
@@ -74,6 +74,9 @@ SCHEMA: dict[str, dict[str, str]] = {
 def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
     def bad():
         return ConfigError(f"{where}: expected {kind}, got {value!r}")
+
+    if kind.endswith("?"):  # optional: null switches it off (e.g. --set Sample.timesteps_file=null)
+        return None if value is None else _coerce(value, kind[:-1], where, base)
 
     if kind == "bool":
         if isinstance(value, bool):

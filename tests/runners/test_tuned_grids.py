@@ -68,6 +68,11 @@ def test_the_config_key_names_a_grid_too(tiny, tmp_path):
                "--set", f"Sample.timesteps_file={path}") == 0
     m = json.loads((out / "manifest.json").read_text())
     assert (m["method"], m["steps"]) == ("UniPC-3(bh2)", 5)
+    # null switches the config's grid off again, so the method's own grid and --steps apply
+    assert run("sample", "--config", cfg, "--out", tmp_path / "plain", "--num-samples", 2, "--method", "DDIM",
+               "--steps", 4, "--set", f"Sample.timesteps_file={path}", "--set", "Sample.timesteps_file=null") == 0
+    m = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert (m["method"], m["steps"]) == ("DDIM", 4)
 
 
 @pytest.mark.parametrize("case, message", [
