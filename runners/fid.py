@@ -212,8 +212,10 @@ def load_stats(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     except Exception as e:  # numpy raises OSError, ValueError, BadZipFile, EOFError … on a bad file
-        raise StatsError(f"cannot read statistics {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in why:  # numpy's guess for any file that is neither .npy nor .npz (JSON, text, …)
+            why = "not an .npz file (mu and sigma arrays)"
+        raise StatsError(f"cannot read statistics {path}: {why}") from None
     if "mu" not in data or "sigma" not in data:
         raise StatsError(f"{path} has no 'mu'/'sigma' arrays; not an FID statistics file")
     mu, sigma = data["mu"], data["sigma"]

@@ -219,3 +219,12 @@ def test_torchrun_two_processes_stream_and_sum_their_statistics(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert fid_json(tmp_path / "two")["num_samples"] == 150
     assert fid_json(tmp_path / "two")["fid"] == pytest.approx(fid_json(tmp_path / "one")["fid"], rel=1e-12)
+
+
+def test_a_json_file_given_as_statistics_is_named_as_such(tmp_path):
+    from runners.errors import StatsError
+
+    path = tmp_path / "fid.json"
+    path.write_text('{"fid": 3.7}')
+    with pytest.raises(StatsError, match=r"not an \.npz file"):  # not numpy's advice about allow_pickle
+        load_stats(path)
