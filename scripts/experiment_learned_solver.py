@@ -117,10 +117,6 @@ def learned_solve(model, schedule: NoiseSchedule, timesteps: list, coef: Coeffic
     raise ValueError("timesteps needs at least two entries")
 
 
-def median_rms(x: Tensor, ref: Tensor) -> float:
-    return float((x.double() - ref.double()).pow(2).flatten(1).mean(1).sqrt().median())
-
-
 def log_loss(x: Tensor, ref: Tensor) -> Tensor:
     """The mean over samples of log MSE (``tune_timesteps``'s default loss)."""
     return (x.double() - ref.double()).pow(2).flatten(1).mean(1).clamp_min(1e-300).log().mean()
@@ -166,14 +162,12 @@ def train(model, schedule, grid: list, x_tune: Tensor, ref_tune: Tensor, *, iter
 
 def digits_setup(n_tune: int, n_test: int, seed: int):
     """The digits network, its schedule, tuning/test noise and teacher endpoints as scripts/bench_tuning.py has them."""
-    from models import load_model
+    from bench_tuned_fid import digits_network
     from runners.config import load_config
-    repo = Path(__file__).resolve().parents[1]
-    cfg = load_config(repo / "configs" / "digits.yml")
-    net = load_model(cfg, repo / "models" / "weights" / "digits_ddpm_ema.pt")
-    for p in net.parameters():
-        p.requires_grad_(False)
-    schedule = NoiseSchedule.from_config(cfg["Schedule"])
+    from runners.frontier.fid_screen import DIGITS_CONFIG
+
+    net = digits_network()
+    schedule = NoiseSchedule.from_config(load_config(DIGITS_CONFIG)["Schedule"])
     x_tune = torch.randn(n_tune, 1, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
     x_test = torch.randn(n_test, 1, 8, 8, generator=torch.Generator().manual_seed(seed + 2))
     return net, schedule, x_tune, x_test, teacher_solve(net, schedule, x_tune), teacher_solve(net, schedule, x_test)
@@ -207,7 +201,7 @@ def main(argv=None):
         p.error("need --history >= 2, --iterations >= 0 and 0 < --holdout < --n-tune")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from bench_tuning import fixed_table, tunable_methods
+    from bench_tuning import fixed_table, median_rms, tunable_methods
 
     net, schedule, x_tune, x_test, ref_tune, ref_test = digits_setup(args.n_tune, args.n_test, args.seed)
     pool = tunable_methods() if args.any_methods == "all" else [m.strip() for m in args.any_methods.split(",")]
