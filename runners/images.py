@@ -23,10 +23,32 @@ def to_uint8(x: torch.Tensor, centered: bool = True) -> torch.Tensor:
     return ((x + 1) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
+FLAT_LIMIT = 10_000  # more images than this go into subfolders of 1000
+
+
 def sample_path(out_dir: Path, index: int, total: int) -> Path:
-    """DIR/000123.png, or DIR/012/012345.png (subfolders of 1000) when there are more than 10,000 images."""
+    """DIR/000123.png, or DIR/012/012345.png (subfolders of 1000) when there are more than FLAT_LIMIT images."""
     name = f"{index:06d}.png"
-    return out_dir / f"{index // 1000:03d}" / name if total > 10_000 else out_dir / name
+    return out_dir / f"{index // 1000:03d}" / name if total > FLAT_LIMIT else out_dir / name
+
+
+def move_to_layout(out_dir: Path, old_total: int, new_total: int) -> int:
+    """Move the samples 0..old_total−1 of a folder laid out for ``old_total`` images to where ``sample_path`` puts
+    them for ``new_total`` (a run grown past 10,000 images goes into subfolders: its flat files are moved there,
+    not sampled again). Each move is one rename, so an interrupted call leaves every image at one of its two
+    places and a rerun finishes it. Returns the number of files moved."""
+    moved = 0
+    for i in range(old_total):
+        src, dst = sample_path(out_dir, i, old_total), sample_path(out_dir, i, new_total)
+        if src == dst or not src.exists():
+            continue
+        try:
+            dst.parent.mkdir(exist_ok=True)
+            os.replace(src, dst)
+        except OSError as e:
+            raise OutputError(f"cannot move {src} to {dst}: {e.strerror or e}") from None
+        moved += 1
+    return moved
 
 
 def write_png(path: Path, image: torch.Tensor) -> None:

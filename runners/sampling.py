@@ -27,12 +27,13 @@ from .distributed import Dist, main_owns, session
 from .errors import ModelOutputError, OutputError
 from .features import list_images
 from .files import as_json, read_json, write_json_atomic
-from .images import PngWriter, sample_path, to_uint8
+from .images import PngWriter, move_to_layout, sample_path, to_uint8
 from .jobs import SampleJob
 from .seeds import derive_seed
 from .setup import load_eps
 
 MANIFEST = "manifest.json"
+FID_JSON = "fid.json"
 NOISE_STREAM, SAMPLER_STREAM = 0, 1
 
 
@@ -94,6 +95,18 @@ def check_folder(out_dir: Path, job: SampleJob) -> bool:
         raise OutputError(f"{out_dir} holds {old['num_samples']} samples, more than --num-samples "
                           f"{job.num_samples}; choose another --out")
     return present
+
+
+def drop_stale_fid(out_dir: Path, num_samples: int) -> None:
+    """Remove a fid.json that is not the FID of the ``num_samples`` images this run leaves (it was computed before
+    the folder grew, or for a run that left no samples): a number next to the images must be theirs."""
+    path = out_dir / FID_JSON
+    if not path.exists():
+        return
+    recorded = read_json(path).get("num_samples")
+    if recorded != num_samples:
+        path.unlink()
+        print(f"removed {path}: it was the FID of {recorded} samples, this run leaves {num_samples}", flush=True)
 
 
 def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: str, seconds: float = 0.0) -> None:
@@ -167,6 +180,9 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
     def start(own) -> None:
         own.keep = check_folder(out_dir, job)
         previous = read_json(out_dir / MANIFEST) if own.keep else {}
+        if own.keep:
+            move_to_layout(out_dir, int(previous.get("num_samples", job.num_samples)), job.num_samples)
+        drop_stale_fid(out_dir, job.num_samples)
         write_manifest(out_dir, job, previous.get("nfe", job.sampling.nfe), "running", previous.get("seconds", 0.0))
 
     with contextlib.ExitStack() as stack:

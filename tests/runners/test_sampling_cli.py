@@ -87,6 +87,38 @@ def test_large_runs_use_subfolders_of_1000(tmp_path):
     assert sample_path(tmp_path, 12345, 10000) == tmp_path / "012345.png"
 
 
+def test_growing_past_the_flat_limit_moves_the_images_instead_of_resampling(tiny, tmp_path, monkeypatch, capsys):
+    """A run grown from ≤ FLAT_LIMIT to more images is laid out in subfolders: the earlier images are moved there
+    (same files, same inodes: not sampled again), none is left behind, and the FID counts each image once."""
+    import runners.images
+
+    monkeypatch.setattr(runners.images, "FLAT_LIMIT", 5)
+    cfg, _ = tiny
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    assert sample(cfg, grown, "--num-samples", 4, "--steps", 3) == 0
+    assert sorted(files_of(grown)) == [f"{i:06d}.png" for i in range(4)]
+    inodes = [os.stat(grown / f"{i:06d}.png").st_ino for i in range(4)]
+    assert sample(cfg, grown, "--num-samples", 9, "--steps", 3, "--fid") == 0
+    assert sorted(files_of(grown)) == [f"000/{i:06d}.png" for i in range(9)]
+    assert [os.stat(grown / "000" / f"{i:06d}.png").st_ino for i in range(4)] == inodes
+    assert sample(cfg, fresh, "--num-samples", 9, "--steps", 3, "--fid") == 0
+    assert files_of(grown) == files_of(fresh)
+    ours, theirs = (json.loads((d / "fid.json").read_text()) for d in (grown, fresh))
+    assert ours["num_samples"] == theirs["num_samples"] == 9 and ours["fid"] == pytest.approx(theirs["fid"], rel=1e-9)
+
+
+def test_growing_a_run_without_fid_removes_the_fid_of_fewer_samples(tiny, tmp_path, capsys):
+    cfg, _ = tiny
+    out = tmp_path / "s"
+    assert sample(cfg, out, "--num-samples", 6, "--steps", 3, "--fid") == 0
+    assert json.loads((out / "fid.json").read_text())["num_samples"] == 6
+    assert sample(cfg, out, "--num-samples", 6, "--steps", 3) == 0  # nothing new: the FID still describes it
+    assert (out / "fid.json").exists()
+    assert sample(cfg, out, "--num-samples", 8, "--steps", 3) == 0
+    assert not (out / "fid.json").exists()
+    assert "removed" in capsys.readouterr().out
+
+
 def test_fid_of_samples_against_their_own_statistics_is_zero(tiny, tmp_path):
     cfg, _ = tiny
     out = tmp_path / "s"
