@@ -20,6 +20,7 @@ its earlier PNGs back, or re-samples its first ``reference_samples`` images.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -143,11 +144,18 @@ class References:
     def get(self, t0: float) -> torch.Tensor:
         if t0 not in self.solved:
             starts = sorted({t0} | self.expected - set(self.solved))
-            solves = [lambda model, t=t: torch.cat([sample(model, chunk, self.job.schedule, "iPNDM@paper",
-                                                           steps=int(t) + 1) for chunk in self.x_T.split(256)])
+            solves = [lambda model, t=t: torch.cat([sample(model, chunk, self.job.schedule, **reference_grid(t))
+                                                    for chunk in self.x_T.split(256)])
                       for t in starts]
             self.solved.update(zip(starts, solve_together(self.eps, solves)))
         return self.solved[t0]
+
+
+def reference_grid(t0: float) -> dict:
+    """``sample`` keywords of the high-accuracy solve from t0: iPNDM over unit steps t0, t0−1, …, t0 − ⌊t0⌋, then
+    to −1 — for an integer t0 every integer timestep down to 0 (the paper's grid of t0 + 1 steps when t0 ≥ T/2);
+    from a fractional t0 (a tuned grid file's start) the flow from that start, not from ⌊t0⌋."""
+    return {"method": "iPNDM", "timesteps": [float(t0) - k for k in range(math.floor(t0) + 1)] + [-1.0]}
 
 
 def solve_together(eps, solves: list) -> list:

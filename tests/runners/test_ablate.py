@@ -88,3 +88,30 @@ def test_rms_and_noise_floor_equal_independent_computations(tiny, tmp_path, caps
     floor = calculate_frechet_distance(f.mean(0), np.cov(f, rowvar=False), ref["mu"], ref["sigma"])
     shown = float(re.search(r"score FID ([0-9.]+)", (out / "results.md").read_text()).group(1))
     assert shown == pytest.approx(floor, abs=0.006)  # results.md rounds to 2 decimals
+
+
+@pytest.mark.parametrize("t0", [300.0, 300.6, 700.5])
+def test_reference_starts_where_the_cell_starts(t0):
+    """The high-accuracy reference is the flow from the cell's own start — a fractional one (a tuned grid file's)
+    included, and one below T/2 (where the paper's grid of t0 + 1 steps would not start at t0): checked against
+    the closed-form flow of Gaussian data, where starting at ⌊t0⌋ instead would be off 10–40× the tolerance."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from models import GaussianMixture
+    from runners.ablate import References
+    from samplers import NoiseSchedule
+
+    schedule = NoiseSchedule("linear")
+    gm = GaussianMixture(np.array([[0.5, -1.0, 2.0]]), 4.0, schedule=schedule)
+    job = SimpleNamespace(schedule=schedule, num_samples=8, reference_samples=8, image_shape=(3,))
+    refs = References(job, 0, gm, torch.device("cpu"))
+    refs.x_T = refs.x_T.double()
+    got = refs.get(t0)
+    exact = gm.flow_endpoint(refs.x_T, float(schedule.alpha_bar_lerp_clamped(t0)), 1.0)
+    from_floor = gm.flow_endpoint(refs.x_T, float(schedule.alpha_bar_lerp_clamped(math.floor(t0))), 1.0)
+    assert (got - exact).abs().max() < 1e-4
+    if t0 % 1:
+        assert (from_floor - exact).abs().max() > 1e-3
