@@ -23,8 +23,14 @@ coefficients (a constant data prediction is integrated exactly; the network-time
 departure: ε is then read at another noise level than the data prediction assumes). This is the family S4S (Frankel et al. 2025) and
 similar learned-solver work optimise; here it measures what the grid leaves on the table, on this network only.
 
+``--affine`` also learns two scales per step, giving up consistency on purpose: the weight on x_i becomes
+(σ_{i+1}/σ_i)·(1 + a_i) and the data-prediction update is multiplied by (1 + s_i) (the final step returns
+(1 + s)·x̂0 + a·x/α) — a per-step affine correction of the network's estimate, as DPM-Solver-v3's empirical
+model statistics are, learned from the teacher rather than estimated from data.
+
     python scripts/experiment_learned_solver.py --nfe 5,10                 # ~20 min on 2 busy cores
     python scripts/experiment_learned_solver.py --nfe 10 --iterations 600 --no-shift
+    python scripts/experiment_learned_solver.py --nfe 5 --affine --iterations 600
 """
 from __future__ import annotations
 
@@ -55,15 +61,18 @@ class Coefficients:
     predictor: Tensor  # (N, K−1)
     corrector: Tensor  # (N, K); row N−1 unused (no corrector after the final step)
     shift: Tensor  # (N,), network time offsets in SHIFT_UNIT timesteps
+    x_scale: Tensor  # (N,), relative change of the weight on x_i (--affine; breaks consistency)
+    m_scale: Tensor  # (N,), relative change of the weight on the data-prediction update (--affine)
 
     @classmethod
     def zeros(cls, evaluations: int, history: int) -> "Coefficients":
         def z(*shape):
             return torch.zeros(*shape, dtype=torch.float64, requires_grad=True)
-        return cls(z(evaluations, history - 1), z(evaluations, history), z(evaluations))
+        return cls(z(evaluations, history - 1), z(evaluations, history), z(evaluations), z(evaluations),
+                   z(evaluations))
 
     def tensors(self) -> list:
-        return [self.predictor, self.corrector, self.shift]
+        return [self.predictor, self.corrector, self.shift, self.x_scale, self.m_scale]
 
 
 def _weighted(base: Tensor, anchor: Tensor, weights: Tensor, nodes: list) -> Tensor:
@@ -75,7 +84,7 @@ def _weighted(base: Tensor, anchor: Tensor, weights: Tensor, nodes: list) -> Ten
 
 
 def learned_solve(model, schedule: NoiseSchedule, timesteps: list, coef: Coefficients, x: Tensor, *,
-                  use_shift: bool = True, use_corrector: bool = True) -> Tensor:
+                  use_shift: bool = True, use_corrector: bool = True, use_affine: bool = False) -> Tensor:
     """The scheme of the module docstring from x over ``timesteps`` (floats or 0-dim tensors, ending at −1),
     differentiable in the tensor timesteps and in ``coef``."""
     eps = TensorTimeModel(model)
@@ -103,7 +112,10 @@ def learned_solve(model, schedule: NoiseSchedule, timesteps: list, coef: Coeffic
             else:  # Lagrange extrapolation in u = ρ² of the last two data predictions to u = 0
                 u0, u1 = (sigma[i] / alpha[i]) ** 2, (sigma[i - 1] / alpha[i - 1]) ** 2
                 end = m_last * (u1 / (u1 - u0)) + history[1] * (u0 / (u0 - u1))
-            return _weighted(end, history[0], coef.predictor[i], history[1:])
+            out = _weighted(end, history[0], coef.predictor[i], history[1:])
+            if use_affine:  # x̂0 ← (1 + s)·x̂0 + a·x/α: a per-step affine correction of the network's estimate
+                out = (1 + coef.m_scale[i]) * out + coef.x_scale[i] * x / alpha[i]
+            return out
         h = lam[i + 1] - lam[i]
         g = -torch.expm1(-h)
         if len(history) == 1:
@@ -112,7 +124,10 @@ def learned_solve(model, schedule: NoiseSchedule, timesteps: list, coef: Coeffic
             r = (lam[i] - lam[i - 1]) / h
             b = history[0] + (history[0] - history[1]) / (2 * r)
         update = _weighted(b, history[0], coef.predictor[i], history[1:])
-        x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * g * update
+        if use_affine:
+            x = (sigma[i + 1] / sigma[i]) * (1 + coef.x_scale[i]) * x + alpha[i + 1] * g * (1 + coef.m_scale[i]) * update
+        else:
+            x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * g * update
         predicted = x
     raise ValueError("timesteps needs at least two entries")
 
@@ -124,7 +139,7 @@ def log_loss(x: Tensor, ref: Tensor) -> Tensor:
 
 def train(model, schedule, grid: list, x_tune: Tensor, ref_tune: Tensor, *, iterations: int, lr: float,
           grid_lr: float, history: int, batch_size: int, holdout: int, eval_every: int, seed: int,
-          use_shift: bool, use_corrector: bool):
+          use_shift: bool, use_corrector: bool, use_affine: bool = False):
     """(timesteps as floats, Coefficients) of the lowest held-out loss seen (the start included)."""
     grid_p = LogSNRGrid.from_grid(schedule, grid)
     coef = Coefficients.zeros(len(grid) - 1, history)
@@ -133,7 +148,7 @@ def train(model, schedule, grid: list, x_tune: Tensor, ref_tune: Tensor, *, iter
     held, fit = order[:holdout], order[holdout:]
     opt = torch.optim.Adam([{"params": coef.tensors(), "lr": lr}, {"params": [grid_p.logits], "lr": grid_lr}])
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
-    kw = dict(use_shift=use_shift, use_corrector=use_corrector)
+    kw = dict(use_shift=use_shift, use_corrector=use_corrector, use_affine=use_affine)
 
     def held_out() -> float:
         with torch.no_grad():
@@ -190,6 +205,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-shift", action="store_true", help="no learned network time")
     p.add_argument("--no-corrector", action="store_true", help="predictor coefficients only")
+    p.add_argument("--affine", action="store_true",
+                   help="also learn per-step scales of x_i and of the data-prediction update (not consistent)")
     p.add_argument("--any-methods", default="all",
                    help="methods whose fixed spacings form 'best fixed of any method' (default: every one)")
     args = p.parse_args(argv)
@@ -217,10 +234,12 @@ def main(argv=None):
         timesteps, coef = train(net, schedule, grid, x_tune, ref_tune, iterations=args.iterations, lr=args.lr,
                                 grid_lr=args.grid_lr, history=args.history, batch_size=args.batch_size,
                                 holdout=args.holdout, eval_every=args.eval_every, seed=args.seed,
-                                use_shift=not args.no_shift, use_corrector=not args.no_corrector)
+                                use_shift=not args.no_shift, use_corrector=not args.no_corrector,
+                                use_affine=args.affine)
         with torch.no_grad():
             out = torch.cat([learned_solve(net, schedule, timesteps, coef, x, use_shift=not args.no_shift,
-                                           use_corrector=not args.no_corrector) for x in x_test.split(128)])
+                                           use_corrector=not args.no_corrector, use_affine=args.affine)
+                               for x in x_test.split(128)])
         learned = median_rms(out, ref_test)
         print(f"| {nfe} | {best_any[0]}@{best_any[1]} {fixed[best_any]:.2e} | {tuned:.2e} | {learned:.2e} | "
               f"{learned / fixed[best_any]:.2f} | {time.perf_counter() - t0:.0f} s |", flush=True)

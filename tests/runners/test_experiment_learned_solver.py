@@ -32,12 +32,14 @@ def digits():
     return net, NoiseSchedule.from_config(cfg["Schedule"])
 
 
+@pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("grid", [[999.0, 644.4, 369.6, 154.0, 41.5, -1.0], [999.0, 500.0, -1.0], [999.0, -1.0]])
-def test_zero_coefficients_are_dpm_solver_2m(script, digits, grid):
+def test_zero_coefficients_are_dpm_solver_2m(script, digits, grid, affine):
     net, schedule = digits
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
-        ours = script.learned_solve(net, schedule, grid, script.Coefficients.zeros(len(grid) - 1, 3), x)
+        ours = script.learned_solve(net, schedule, grid, script.Coefficients.zeros(len(grid) - 1, 3), x,
+                                    use_affine=affine)
         library = sample(net, x, schedule, script.BASE, timesteps=grid)
     torch.testing.assert_close(ours, library, rtol=0, atol=1e-12)
 
@@ -57,7 +59,8 @@ def test_constant_data_prediction_is_exact_for_any_coefficients(script):
     gen = torch.Generator().manual_seed(1)
     zeros = script.Coefficients.zeros(5, 3)
     coef = script.Coefficients(torch.randn(*zeros.predictor.shape, generator=gen, dtype=torch.float64),
-                               torch.randn(*zeros.corrector.shape, generator=gen, dtype=torch.float64), zeros.shift)
+                               torch.randn(*zeros.corrector.shape, generator=gen, dtype=torch.float64), zeros.shift,
+                               zeros.x_scale, zeros.m_scale)
     x = torch.randn(4, 2, 4, 4, generator=gen, dtype=torch.float64)
     out = script.learned_solve(model, schedule, grid, coef, x)
     torch.testing.assert_close(out, c.expand_as(out), rtol=0, atol=1e-10)
@@ -67,9 +70,23 @@ def test_constant_data_prediction_is_exact_for_any_coefficients(script):
     assert (plain - moved).abs().max() > 1e-3
 
 
+def test_affine_scales_act_only_when_asked(script):
+    """--affine's per-step scales change the result when non-zero, and are ignored without use_affine."""
+    schedule = NoiseSchedule("linear")
+    grid = [999.0, 600.0, 200.0, -1.0]
+    zeros = script.Coefficients.zeros(3, 3)
+    scaled = script.Coefficients(zeros.predictor, zeros.corrector, zeros.shift,
+                                 torch.full((3,), 0.05, dtype=torch.float64), torch.full((3,), -0.1, dtype=torch.float64))
+    x = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model = lambda x, t: torch.tanh(x)  # noqa: E731
+    plain = script.learned_solve(model, schedule, grid, zeros, x, use_affine=True)
+    torch.testing.assert_close(script.learned_solve(model, schedule, grid, scaled, x), plain, rtol=0, atol=0)
+    assert (script.learned_solve(model, schedule, grid, scaled, x, use_affine=True) - plain).abs().max() > 1e-2
+
+
 def test_cli_prints_a_row(script, capsys):
     script.main(["--nfe", "3", "--iterations", "2", "--n-tune", "24", "--holdout", "8", "--batch-size", "8",
-                 "--n-test", "8", "--eval-every", "1", "--any-methods", "DDIM", "--threads", "1"])
+                 "--n-test", "8", "--eval-every", "1", "--any-methods", "DDIM", "--threads", "1", "--affine"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3 |")]
     assert len(rows) == 1
     numbers = [float(v) for v in re.findall(r"\d\.\d\de[+-]\d\d", rows[0])]
