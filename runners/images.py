@@ -34,7 +34,7 @@ def sample_path(out_dir: Path, index: int, total: int) -> Path:
 
 def move_to_layout(out_dir: Path, old_total: int, new_total: int) -> int:
     """Move the samples 0..old_total−1 of a folder laid out for ``old_total`` images to where ``sample_path`` puts
-    them for ``new_total`` (a run grown past 10,000 images goes into subfolders: its flat files are moved there,
+    them for ``new_total`` (a run grown past FLAT_LIMIT images goes into subfolders: its flat files are moved there,
     not sampled again). Each move is one rename, so an interrupted call leaves every image at one of its two
     places and a rerun finishes it. Returns the number of files moved."""
     moved = 0

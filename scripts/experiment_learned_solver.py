@@ -124,10 +124,9 @@ def learned_solve(model, schedule: NoiseSchedule, timesteps: list, coef: Coeffic
             r = (lam[i] - lam[i - 1]) / h
             b = history[0] + (history[0] - history[1]) / (2 * r)
         update = _weighted(b, history[0], coef.predictor[i], history[1:])
-        if use_affine:
-            x = (sigma[i + 1] / sigma[i]) * (1 + coef.x_scale[i]) * x + alpha[i + 1] * g * (1 + coef.m_scale[i]) * update
-        else:
-            x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * g * update
+        # without --affine the scales stay out of the graph (else Adam would move them, and the scheme with them)
+        kx, km = (1 + coef.x_scale[i], 1 + coef.m_scale[i]) if use_affine else (1.0, 1.0)
+        x = (sigma[i + 1] / sigma[i]) * kx * x + alpha[i + 1] * g * km * update
         predicted = x
     raise ValueError("timesteps needs at least two entries")
 
