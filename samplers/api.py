@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .exponential import deis, dpm_solver_pp, unipc, variable_step_adams
 from .grids import SPACINGS, Grid, make_custom_grid, make_paper_grid, make_spaced_grid
+from .learned import LearnedSolver, learned_engine
 from .multistep import WARMUP_EXTRA_NFE, linear_multistep
 from .probability_flow import probability_flow
 from .schedule import NoiseSchedule, check_convention
@@ -151,8 +152,12 @@ class Plan:
     t_start: float
 
 
-def _resolve(method: str, convention: str, schedule: NoiseSchedule) -> tuple[Method, str]:
-    m = get_method(method)
+def _resolve(method, convention: str, schedule: NoiseSchedule) -> tuple[Method, str]:
+    if isinstance(method, LearnedSolver):  # a solver of its own: its grid and coefficients come with it
+        m = Method(method.name, "a learned solver (samplers.learned)", "learned", learned_engine,
+                   dict(solver=method), "learned")
+    else:
+        m = get_method(method)
     convention = check_convention(convention)
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a samplers.NoiseSchedule, got {type(schedule).__name__}")
@@ -187,16 +192,26 @@ def _plan(m: Method, convention: str, schedule: NoiseSchedule, steps, timesteps,
         if steps is not None or timesteps is not None:
             raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
         return Plan(m, None, None, None, None, float(schedule.T - 1))  # the flow starts at s = 1
+    if m.kind == "learned":
+        solver = m.options["solver"]
+        if steps is not None or timesteps is not None:
+            raise ValueError("a learned solver carries its own grid: give no steps or timesteps")
+        if convention != "standard":
+            raise ValueError("a learned solver runs under the standard convention only")
+        solver.check(schedule)
+        grid = make_custom_grid(schedule, solver.timesteps)
+        return Plan(m, convention, grid, None, solver.nfe, grid.timesteps[0])
     grid = _build_grid(m, schedule, steps, timesteps, convention)
     if eta:  # η = 0 is the DDIM step itself; η > 0 is the generalised (stochastic) step
         m = replace(m, kind="ancestral", engine=generalized_ddim, options=dict(eta=eta))
     return Plan(m, convention, grid, m.options.get("eta", eta), m.nfe(grid.steps), grid.timesteps[0])
 
 
-def plan(method: str, schedule: NoiseSchedule, steps: Optional[int] = None, convention: str = "standard", *,
+def plan(method, schedule: NoiseSchedule, steps: Optional[int] = None, convention: str = "standard", *,
          timesteps: Optional[Sequence[float]] = None, eta: Optional[float] = None) -> Plan:
     """Validate ``sample()``'s arguments of the same names, with its error messages, and return the ``Plan``:
-    the method that runs, its grid, η, NFE and first model timestep. Calls no model."""
+    the method that runs, its grid, η, NFE and first model timestep. Calls no model. ``method``: a name, or a
+    ``samplers.LearnedSolver``."""
     return _plan(*_resolve(method, convention, schedule), schedule, steps, timesteps, eta)
 
 
@@ -265,7 +280,7 @@ def sample(
     model: Callable[[Tensor, Tensor], Tensor],
     x_T: Tensor,
     schedule: NoiseSchedule,
-    method: str = "F-PNDM",
+    method: Union[str, LearnedSolver] = "F-PNDM",
     steps: Optional[int] = None,
     convention: str = "standard",
     *,
@@ -279,6 +294,9 @@ def sample(
     return_info: bool = False,
 ):
     """Run ``method`` from x_T and return x_0 (and a ``SampleInfo`` when ``return_info``).
+
+    ``method``: a name of ``available()``, or a ``samplers.LearnedSolver`` (``learn_solver``; it brings its own
+    grid, so no ``steps`` or ``timesteps``).
 
     model(x, t) -> ε, with t a float tensor of shape (B,). ``steps`` is the number of grid steps (see
     ``grids.uniform_grid`` for the two conventions); PF takes ``rtol``, ``atol`` and ``t_end`` instead.
