@@ -11,7 +11,9 @@ from .config import get, load_config
 from .errors import ArgumentError, ConfigError, OutputError, UserError
 from .files import check_output_file, check_output_folder
 from .grid_files import check_grid_for, is_grid_file, read_grid_file
-from .jobs import OBJECTIVES, AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob
+from .jobs import (OBJECTIVES, AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob,
+                   TuneSolverJob)
+from .solver_files import check_solver_for, is_solver_file, read_solver_file
 from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, positive, resolve_device,
                     resolve_plan, schedule_of, sha256_file)
 
@@ -100,6 +102,18 @@ def _tuned_sampling(grid, method: str, convention: str, schedule, eta=None) -> S
     return Sampling(p.method.name, len(grid.timesteps) - 1, convention, eta, p.nfe, tuple(grid.timesteps))
 
 
+def _learned_sampling(solver_file, convention: str, schedule, eta=None) -> Sampling:
+    """A sampler setting that runs a learned solver file's solver (its own grid and coefficients)."""
+    try:
+        p = resolve_plan(solver_file.solver, schedule, None, convention, eta)
+    except ArgumentError as e:
+        raise ArgumentError(f"solver file {solver_file.path}: {e}") from None
+    from samplers.learned import BASE
+
+    solver = solver_file.solver
+    return Sampling(BASE, solver.nfe, convention, None, p.nfe, solver.timesteps, solver)
+
+
 def _model(args, cfg: dict):
     _check_model(cfg)
     return model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint,
@@ -125,7 +139,21 @@ def sample_job(args) -> SampleJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
     grid_path = pick(args.timesteps_file, get(cfg, "Sample", "timesteps_file"))
-    if grid_path is None:
+    solver_path = pick(args.solver_file, get(cfg, "Sample", "solver_file"))
+    if grid_path is not None and solver_path is not None:
+        raise ArgumentError("a tuned grid (--timesteps-file / Sample.timesteps_file) and a learned solver "
+                            "(--solver-file / Sample.solver_file) both given; a learned solver brings its own grid "
+                            "(switch the config's off with --set Sample.timesteps_file=null)")
+    if solver_path is not None:
+        solver_file = read_solver_file(solver_path)
+        for flag, value in (("--steps", args.steps), ("--method", args.method)):
+            if value is not None:
+                raise ArgumentError(f"{flag} and a learned solver (--solver-file / Sample.solver_file) both given; "
+                                    f"the solver sets the method and its steps")
+        sampling = _learned_sampling(solver_file, _convention(args, cfg), schedule, args.eta)
+        model = _model(args, cfg)
+        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+    elif grid_path is None:
         method = pick(args.method, get(cfg, "Sample", "method"))
         if method is None:
             raise ArgumentError("no method: pass --method or set Sample.method")
@@ -204,6 +232,15 @@ def ablate_job(args) -> AblateJob:
                                 f"and step count")
         if twin is None:
             cells.append(cell)
+    for path in _split(args.solver_file, "--solver-file") if args.solver_file is not None else []:
+        solver_file = read_solver_file(path)
+        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        cell = _learned_sampling(solver_file, convention, schedule)
+        twin = next((c for c in cells if (c.label, c.steps) == (cell.label, cell.steps)), None)
+        if twin is not None and twin != cell:
+            raise ArgumentError(f"two learned solvers with {cell.steps} evaluations; give one per NFE")
+        if twin is None:
+            cells.append(cell)
     num = pick(args.num_samples, get(cfg, "FID", "num_samples"))
     if num is None:
         raise ArgumentError("no sample count: pass --num-samples or set FID.num_samples")
@@ -278,6 +315,49 @@ def tune_job(args) -> TuneJob:
                    fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if fid else None)
 
 
+def check_solver_output(out) -> Path:
+    """tune-solver's --out: a new file or an earlier solver file; anything else is refused rather than
+    overwritten."""
+    path = check_output_file(out, example="solver.json")
+    if path.exists() and not is_solver_file(path):
+        raise OutputError(f"--out {path} exists and is not a solver file; refusing to overwrite it (choose another "
+                          f"name or remove it)")
+    return path
+
+
+def tune_solver_job(args) -> TuneSolverJob:
+    from samplers import get_method
+    from samplers.learned import BASE
+    from samplers.tuning import steps_for_nfe, tunable_method
+
+    cfg = load_config(args.config, args.overrides)
+    schedule = schedule_of(cfg)
+    nfe = positive("--nfe", args.nfe)
+    try:
+        steps_for_nfe(get_method(BASE), nfe, schedule.T)
+        compare = tuple(dict.fromkeys(tunable_method(m)[0].name for m in _split(args.compare, "--compare")))
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    history = positive("--history", args.history)
+    if history < 2:
+        raise ArgumentError(f"--history must be at least 2, got {history}")
+    num_samples = positive("--num-samples", args.num_samples)
+    holdout = positive("--holdout", args.holdout)
+    if not 2 <= holdout <= num_samples - 2:
+        raise ArgumentError(f"--holdout {holdout} must leave at least 2 of the --num-samples {num_samples} noises "
+                            f"on each side")
+    _check_model(cfg)
+    # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
+    model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
+    return TuneSolverJob(config=cfg, out=check_solver_output(args.out), nfe=nfe, schedule=schedule, model=model,
+                         num_samples=num_samples, eval_samples=positive("--eval-samples", args.eval_samples),
+                         seed=nonnegative("--seed", args.seed), iterations=nonnegative("--iterations", args.iterations),
+                         batch_size=positive("--batch-size", pick(args.batch_size,
+                                                                  get(cfg, "Sample", "batch_size", 64))),
+                         image_shape=image_shape(cfg), compare=compare, device=_device(args),
+                         affine=bool(args.affine), history=history, holdout=holdout)
+
+
 def train_job(args) -> TrainJob:
     from .training import resolve_settings
 
@@ -315,6 +395,10 @@ def run(args) -> None:
         from .tune import run_tune_job
 
         run_tune_job(tune_job(args))
+    elif args.command == "tune-solver":
+        from .tune_solver import run_tune_solver_job
+
+        run_tune_solver_job(tune_solver_job(args))
     elif args.command == "train":
         from .training import run_training
 
@@ -327,6 +411,8 @@ def interrupted_hint(args) -> str:
     """What to do after Ctrl-C, true to what is on disk."""
     if args.command == "tune-grid":
         return "no grid file was written; rerun the same command to tune again"
+    if args.command == "tune-solver":
+        return "no solver file was written; rerun the same command to learn it again"
     if args.command != "train":
         return "rerun the same command to continue where it stopped"
     from .training import LAST

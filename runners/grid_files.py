@@ -56,6 +56,8 @@ def read_grid_file(path) -> GridFile:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is not a grid file (unreadable JSON: {e})") from None
+    if isinstance(data, dict) and data.get("format") == "pndm-learned-solver/1":  # runners/solver_files.py
+        raise UserError(f"{path} is a learned-solver file, not a grid file: give it as --solver-file")
     if not isinstance(data, dict) or not isinstance(data.get("timesteps"), list) \
             or not isinstance(data.get("method"), str):
         raise UserError(f"{path} is not a grid file (it needs a 'timesteps' list and a 'method'; write one with "
@@ -74,6 +76,12 @@ def read_grid_file(path) -> GridFile:
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe != expected:
             raise UserError(f"{path}: 'nfe' is {nfe!r}, but {method.name} on these {len(timesteps) - 1} steps "
                             f"makes {expected} model evaluations")
+    sha, schedule = recorded_identity(path, data)
+    return GridFile(str(path), timesteps, data["method"], nfe, sha, schedule)
+
+
+def recorded_identity(path: Path, data: dict) -> tuple:
+    """(checkpoint_sha256, schedule) as a tuned file records them (None where it does not), checked for form."""
     sha = data.get("checkpoint_sha256")
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         raise UserError(f"{path}: 'checkpoint_sha256' must be 64 lowercase hex digits, got {sha!r}")
@@ -84,7 +92,23 @@ def read_grid_file(path) -> GridFile:
         except (TypeError, ValueError):
             raise UserError(f"{path}: 'schedule' must be a config's Schedule section (type, beta_start, beta_end, "
                             f"diffusion_step), got {schedule!r}") from None
-    return GridFile(str(path), timesteps, data["method"], nfe, sha, schedule)
+    return sha, schedule
+
+
+def identity_mismatches(checkpoint_recorded: Optional[str], schedule_recorded: Optional[dict],
+                        checkpoint_sha256: str, schedule_section: dict) -> list:
+    """What differs between the network and schedule a file was tuned on and the job's (phrases for an error)."""
+    mismatches = []
+    if checkpoint_recorded is None:
+        mismatches.append("it does not record the checkpoint it was tuned for ('checkpoint_sha256')")
+    elif checkpoint_recorded != checkpoint_sha256:
+        mismatches.append(f"it was tuned for checkpoint {checkpoint_recorded[:12]}…, this one is "
+                          f"{checkpoint_sha256[:12]}…")
+    if schedule_recorded is None:
+        mismatches.append("it does not record the schedule it was tuned for ('schedule')")
+    elif _schedule_key(schedule_recorded) != _schedule_key(schedule_section):
+        mismatches.append(f"it was tuned for schedule {schedule_recorded}, this config's is {schedule_section}")
+    return mismatches
 
 
 def _timestep(path: Path, t) -> float:
@@ -116,15 +140,7 @@ def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule
         tuned_for = grid.method
     if tuned_for.upper() != get_method(method).name.upper():
         mismatches.append(f"it was tuned for {grid.method}, not {method}")
-    if grid.checkpoint_sha256 is None:
-        mismatches.append("it does not record the checkpoint it was tuned for ('checkpoint_sha256')")
-    elif grid.checkpoint_sha256 != checkpoint_sha256:
-        mismatches.append(f"it was tuned for checkpoint {grid.checkpoint_sha256[:12]}…, this one is "
-                          f"{checkpoint_sha256[:12]}…")
-    if grid.schedule is None:
-        mismatches.append("it does not record the schedule it was tuned for ('schedule')")
-    elif _schedule_key(grid.schedule) != _schedule_key(schedule_section):
-        mismatches.append(f"it was tuned for schedule {grid.schedule}, this config's is {schedule_section}")
+    mismatches += identity_mismatches(grid.checkpoint_sha256, grid.schedule, checkpoint_sha256, schedule_section)
     if mismatches and not force:
         raise ArgumentError(f"grid file {grid.path}: {'; '.join(mismatches)} (add --force to use it anyway)")
 

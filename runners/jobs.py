@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from samplers import NoiseSchedule
+from samplers import LearnedSolver, NoiseSchedule
 
 from .setup import ModelSpec
 
@@ -36,7 +36,8 @@ class FidSpec:
 @dataclass(frozen=True)
 class Sampling:
     """One sampler setting: the validated plan's method name, steps, convention and η — or, instead of a built-in
-    grid, the ``timesteps`` of a tuned grid file (then ``steps`` is its number of steps)."""
+    grid, the ``timesteps`` of a tuned grid file (then ``steps`` is its number of steps) — or a learned ``solver``
+    (``main.py tune-solver``; ``method`` is then its base method and ``timesteps`` its grid)."""
 
     method: str
     steps: Optional[int]
@@ -44,14 +45,20 @@ class Sampling:
     eta: Optional[float] = None
     nfe: Optional[int] = None  # known in advance except for adaptive methods
     timesteps: Optional[tuple] = None  # a tuned grid (main.py tune-grid), replacing the method's own
+    solver: Optional[LearnedSolver] = None  # a learned solver (main.py tune-solver)
 
     @property
     def label(self) -> str:
-        """The name tables and folders use: the method, marked ``@tuned`` when it runs on a tuned grid."""
+        """The name tables and folders use: the method, marked ``@tuned`` when it runs on a tuned grid and
+        ``@learned`` for a learned solver."""
+        if self.solver is not None:
+            return f"{self.method}@learned"
         return self.method if self.timesteps is None else f"{self.method}@tuned"
 
     def sample_kwargs(self) -> dict:
         """The arguments ``samplers.sample`` takes for this setting (besides model, x_T and schedule)."""
+        if self.solver is not None:
+            return dict(method=self.solver, convention=self.convention)
         if self.timesteps is not None:
             return dict(method=self.method, timesteps=list(self.timesteps), convention=self.convention, eta=self.eta)
         return dict(method=self.method, steps=self.steps, convention=self.convention, eta=self.eta)
@@ -90,6 +97,8 @@ class SampleJob:
         }
         if self.sampling.timesteps is not None:  # only then: folders of built-in grids keep their identity
             identity["timesteps"] = list(self.sampling.timesteps)
+        if self.sampling.solver is not None:
+            identity["solver_sha256"] = self.sampling.solver.sha256
         return identity
 
 
@@ -172,6 +181,28 @@ class TuneJob:
     objective: str = "teacher"  # or "fid": samplers.search_timesteps on the FID of ``fid``
     evaluations: Optional[int] = None
     fid: Optional[FidSpec] = None
+
+
+@dataclass(frozen=True)
+class TuneSolverJob:
+    """``main.py tune-solver``: a learned solver (``samplers.learn_solver``) for ``nfe`` evaluations of this network."""
+
+    config: dict
+    out: Path  # the solver file
+    nfe: int
+    schedule: NoiseSchedule
+    model: ModelSpec
+    num_samples: int  # tuning noise (the library holds ``holdout`` of it out)
+    eval_samples: int  # further noise for the final comparison with every fixed spacing
+    seed: int
+    iterations: int
+    batch_size: int
+    image_shape: tuple
+    compare: tuple  # the methods whose fixed spacings the solver is compared with
+    device: Optional[str] = None
+    affine: bool = False
+    history: int = 3
+    holdout: int = 64
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool
     start = time.perf_counter()
     writer = PngWriter()
     try:
-        with writer, tqdm(total=len(todo), desc=f"{s.method} {s.steps or ''}".strip(), unit="img",
+        with writer, tqdm(total=len(todo), desc=f"{s.label} {s.steps or ''}".strip(), unit="img",
                           disable=not (progress and dist.is_main), dynamic_ncols=True) as bar:
             for lo in range(0, len(todo), job.batch_size):
                 batch = todo[lo:lo + job.batch_size]
@@ -250,7 +250,7 @@ def run_sample_job(job: SampleJob) -> dict:
         stats = one_pass.statistics(dist) if extractor is not None else None
         if dist.is_main:
             s = job.sampling
-            print(f"{manifest['num_samples']} samples in {job.out} ({s.method}, {s.steps} steps, "
+            print(f"{manifest['num_samples']} samples in {job.out} ({s.label}, {s.steps} steps, "
                   f"NFE {manifest['nfe']})")
             if job.fid is not None:
                 started = time.perf_counter()

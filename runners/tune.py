@@ -63,8 +63,9 @@ def fixed_spacings(method: str) -> list:
 
 
 def largest_steps(method: str, nfe: int) -> int:
+    """The most steps of ``method`` within ``nfe`` evaluations (0 when not even one step fits: F-PNDM below 10)."""
     m = get_method(method)
-    return max(s for s in range(1, nfe + 1) if m.nfe(s) <= nfe)
+    return max((s for s in range(1, nfe + 1) if m.nfe(s) <= nfe), default=0)
 
 
 def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.Tensor) -> dict:
