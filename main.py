@@ -163,13 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.add_argument("--nfe", type=int, required=True, help="the budget of model evaluations the solver is for")
-    p.add_argument("--num-samples", type=int, default=256,
-                   help="noise samples to learn on, --holdout of them held out to select the iterate (default: 256)")
+    p.add_argument("--num-samples", type=int, default=1024,
+                   help="noise samples to learn on, --holdout of them held out to select the iterate; more noise "
+                        "gave a better solver on digits (NFE 5: 0.54x -> 0.48x the best fixed spacing from 256 to "
+                        "1024), at the cost of one teacher solve per sample (default: 1024)")
     p.add_argument("--holdout", type=int, default=64, help="tuning noises held out (default: 64)")
     p.add_argument("--eval-samples", type=int, default=128,
                    help="further noise samples, never used for learning, on which the solver, its start grid and "
                         "every fixed spacing are compared (default: 128)")
-    p.add_argument("--iterations", type=int, default=300, help="Adam steps (default: 300)")
+    p.add_argument("--iterations", type=int, default=600, help="Adam steps on batches of 64 (default: 600)")
     p.add_argument("--affine", action="store_true",
                    help="also learn per-step scales of x and of the data-prediction update (gave 0.67x -> 0.54x "
                         "the best fixed spacing at NFE 5 on digits; the scheme is then no longer exact for a point "

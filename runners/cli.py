@@ -257,12 +257,12 @@ def ablate_job(args) -> AblateJob:
         noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
 
 
-def check_grid_output(out) -> Path:
-    """tune-grid's --out: a new file or an earlier grid file; anything else (a config, statistics, a checkpoint
-    named by mistake) is refused rather than overwritten."""
-    path = check_output_file(out, example="grid.json")
-    if path.exists() and not is_grid_file(path):
-        raise OutputError(f"--out {path} exists and is not a grid file; refusing to overwrite it (choose another "
+def check_tuned_output(out, kind: str = "grid") -> Path:
+    """tune-grid's (``kind`` "grid") or tune-solver's ("solver") --out: a new file or an earlier file of that kind;
+    anything else (a config, statistics, a checkpoint named by mistake) is refused rather than overwritten."""
+    path = check_output_file(out, example=f"{kind}.json")
+    if path.exists() and not {"grid": is_grid_file, "solver": is_solver_file}[kind](path):
+        raise OutputError(f"--out {path} exists and is not a {kind} file; refusing to overwrite it (choose another "
                           f"name or remove it)")
     return path
 
@@ -303,7 +303,7 @@ def tune_job(args) -> TuneJob:
     eval_samples = positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128))
     if fid and eval_samples < 2:  # before the search, not after it
         raise ArgumentError(f"--objective fid needs --eval-samples of at least 2 for a FID, got {eval_samples}")
-    return TuneJob(config=cfg, out=check_grid_output(args.out), method=m.name, nfe=nfe, schedule=schedule,
+    return TuneJob(config=cfg, out=check_tuned_output(args.out), method=m.name, nfe=nfe, schedule=schedule,
                    model=model, num_samples=positive("--num-samples", pick(args.num_samples, 2000 if fid else 256)),
                    eval_samples=eval_samples,
                    seed=nonnegative("--seed", args.seed),
@@ -313,16 +313,6 @@ def tune_job(args) -> TuneJob:
                    learn_first=bool(args.learn_first), last=args.last, objective=args.objective,
                    evaluations=None if args.evaluations is None else nonnegative("--evaluations", args.evaluations),
                    fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if fid else None)
-
-
-def check_solver_output(out) -> Path:
-    """tune-solver's --out: a new file or an earlier solver file; anything else is refused rather than
-    overwritten."""
-    path = check_output_file(out, example="solver.json")
-    if path.exists() and not is_solver_file(path):
-        raise OutputError(f"--out {path} exists and is not a solver file; refusing to overwrite it (choose another "
-                          f"name or remove it)")
-    return path
 
 
 def tune_solver_job(args) -> TuneSolverJob:
@@ -349,7 +339,7 @@ def tune_solver_job(args) -> TuneSolverJob:
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
-    return TuneSolverJob(config=cfg, out=check_solver_output(args.out), nfe=nfe, schedule=schedule, model=model,
+    return TuneSolverJob(config=cfg, out=check_tuned_output(args.out, "solver"), nfe=nfe, schedule=schedule, model=model,
                          num_samples=num_samples, eval_samples=positive("--eval-samples", args.eval_samples),
                          seed=nonnegative("--seed", args.seed), iterations=nonnegative("--iterations", args.iterations),
                          batch_size=positive("--batch-size", pick(args.batch_size,

@@ -91,12 +91,18 @@ def run_tune_job(job: TuneJob) -> dict:
         return _run_tune_job(job)
 
 
-def _run_tune_job(job: TuneJob) -> dict:
+def tuning_inputs(job) -> tuple:
+    """(device, differentiable ε, tuning noise, comparison noise) of a tune-grid or tune-solver job."""
     device = resolve_device(job.device)
     eps = load_network(job, device)
-    start = time.perf_counter()
     x_T = stream_noise(job.num_samples, job.image_shape, job.seed, TUNE_STREAM).to(device)
     x_eval = stream_noise(job.eval_samples, job.image_shape, job.seed, EVAL_STREAM).to(device)
+    return device, eps, x_T, x_eval
+
+
+def _run_tune_job(job: TuneJob) -> dict:
+    start = time.perf_counter()
+    device, eps, x_T, x_eval = tuning_inputs(job)
     run = search_on_fid if job.objective == "fid" else tune_on_teacher
     grid, info, comparison, summary_line = run(job, eps, x_T, x_eval, device)
     tuning_seconds = info.seconds

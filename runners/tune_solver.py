@@ -2,8 +2,8 @@
 it on noise the learning never saw with the tuned grid it starts from and with every fixed spacing of the compared
 methods, and write it as a solver file (runners/solver_files.py).
 
-Noise: the same streams as ``tune-grid`` (runners/tune.py): tuning from TUNE_STREAM, the comparison from
-EVAL_STREAM, neither of which ``main.py sample`` draws from.
+Noise: the same streams as ``tune-grid`` (runners/tune.py, ``tuning_inputs``): tuning from TUNE_STREAM, the
+comparison from EVAL_STREAM, neither of which ``main.py sample`` draws from.
 """
 from __future__ import annotations
 
@@ -20,10 +20,8 @@ from .errors import ArgumentError
 from .files import OutputLock, write_json_atomic
 from .jobs import TuneSolverJob
 from .sampling import versions
-from .setup import resolve_device
 from .solver_files import FORMAT
-from .tune import EVAL_STREAM, TUNE_STREAM, fixed_spacings, largest_steps, load_network, rms_per_sample, \
-    stream_noise, summary
+from .tune import fixed_spacings, largest_steps, rms_per_sample, summary, tuning_inputs
 
 
 def run_tune_solver_job(job: TuneSolverJob) -> dict:
@@ -46,11 +44,8 @@ def _bar(desc: str, total: int):
 
 
 def _run(job: TuneSolverJob) -> dict:
-    device = resolve_device(job.device)
-    eps = load_network(job, device)
     start = time.perf_counter()
-    x_T = stream_noise(job.num_samples, job.image_shape, job.seed, TUNE_STREAM).to(device)
-    x_eval = stream_noise(job.eval_samples, job.image_shape, job.seed, EVAL_STREAM).to(device)
+    _, eps, x_T, x_eval = tuning_inputs(job)
     try:
         check_differentiable(eps, x_T, job.schedule.T)  # before any progress bar: its error is one line
     except ValueError as e:

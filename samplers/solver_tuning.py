@@ -106,7 +106,7 @@ def learn_solver(
     *,
     reference: Optional[Tensor] = None,
     grid: Optional[Sequence[float]] = None,
-    iterations: int = 300,
+    iterations: int = 600,
     history: int = 3,
     affine: bool = False,
     network_times: bool = True,

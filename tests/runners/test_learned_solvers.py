@@ -221,11 +221,11 @@ def test_tune_solver_does_not_overwrite_a_file_that_is_not_a_solver(tiny, tmp_pa
 
 
 def test_tune_solver_refuses_a_network_without_time_gradients(tiny, tmp_path, capsys, monkeypatch):
-    import runners.tune_solver as tune_solver
+    import runners.tune as tune  # tune-solver loads its network through tune.tuning_inputs
 
     cfg, _ = tiny
-    real = tune_solver.load_network
-    monkeypatch.setattr(tune_solver, "load_network", lambda job, device: (lambda f: lambda x, t: f(x, t.detach()))(
+    real = tune.load_network
+    monkeypatch.setattr(tune, "load_network", lambda job, device: (lambda f: lambda x, t: f(x, t.detach()))(
         real(job, device)))
     assert run("tune-solver", "--config", cfg, "--nfe", 3, "--num-samples", 12, "--holdout", 4, "--eval-samples", 2,
                "--out", tmp_path / "s.json") == 2
