@@ -8,8 +8,11 @@ are not comparable numbers.
 An image's features depend on the image alone, not on how callers batch: CPU kernels pick other code paths for
 small batches (the digits classifier's features of one image differ by 8e-6 between batches of 1 and 64 on this
 project's CPU), so the network always sees chunks of exactly ``FEATURE_CHUNK`` images, the last one padded with
-black images. At that fixed size, measured here, an image's features do not depend on its position in the chunk,
-on the other images in it, or on the thread count. On a GPU the network runs with TF32 off (``tf32_policy``):
+black images. At that fixed size, measured here, an image's features do not depend on its position in the chunk
+or on the other images in it. They do depend on torch's CPU thread count on some CPUs (8.6e-6 between 1 and 2
+threads on an AVX-512 Xeon, none on an AVX2 EPYC), and ``--threads``' default follows the machine's load, so the
+network always runs with ``FEATURE_THREADS`` threads (``fixed_threads``): the same FID whatever the load or
+``--threads``, on a given machine. On a GPU the network runs with TF32 off (``tf32_policy``):
 TF32 rounds the Inception convolutions' inputs to 10 mantissa bits, which is not the FID anyone else computes.
 """
 from __future__ import annotations
@@ -35,6 +38,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # batch size (64 is the smallest size at which the digits features match those of larger batches here, and
 # large enough to keep a GPU busy with Inception at 299×299)
 FEATURE_CHUNK = 64
+FEATURE_THREADS = max(1, os.cpu_count() or 1)  # every core: a count that does not depend on the load
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int = FEATURE_THREADS):
+    """torch's CPU intra-op threads set to ``threads`` inside the block, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -66,7 +81,7 @@ class _Extractor:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = []
-        with tf32_policy(self.allow_tf32):
+        with tf32_policy(self.allow_tf32), fixed_threads():
             for lo in range(0, images.shape[0], self.chunk):
                 piece = images[lo:lo + self.chunk]
                 n = piece.shape[0]
