@@ -38,6 +38,8 @@ def _bar(desc: str, total: int):
     bar = tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True)
 
     def progress(state: dict) -> None:
+        if state["iteration"] == 1 and bar.n:  # learning started again with smaller steps (learn_solver)
+            bar.reset()
         bar.set_postfix(held_out=f"{state['held_out_loss']:.3g}")
         bar.update(1)
     return bar, progress

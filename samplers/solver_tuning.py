@@ -23,6 +23,11 @@ from .schedule import NoiseSchedule
 from .tuning import LogSNRGrid, TensorTimeModel, check_differentiable, steps_for_nfe, teacher_solve, tensor_grid, \
     tune_timesteps
 
+# When the first held-out evaluation is worse than the start, the learning rates are too large for the size of the
+# errors (a step of Adam moves every coefficient by ~lr whatever its gradient: at a teacher distance of 1e-3, as
+# on an analytic mixture at NFE 10, lr = 0.03 multiplies the loss by 500); learning starts again with rates
+# LR_BACKTRACK times smaller, at most BACKTRACKS times.
+LR_BACKTRACK, BACKTRACKS = 0.1, 2
 SHIFT_UNIT = 10.0  # one unit of the learned network-time offsets, in timesteps (Adam's steps are ~lr units)
 
 
@@ -44,6 +49,7 @@ class LearnedSolverInfo:
     seconds_grid: float = 0.0
     seconds: float = 0.0
     history: list = field(default_factory=list)  # (iteration, held-out loss) at every evaluation
+    lr_scale: float = 1.0  # the learning rates used, relative to those asked for (after backtracking)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,8 +137,10 @@ def learn_solver(
     on the mean of the per-sample log squared distance to the teacher. ``holdout`` of the noises (a seeded draw) are
     never trained on: every ``eval_every`` iterations their loss is measured and the lowest one's iterate is
     returned, the start included, so the held-out loss never ends above the start's. The same inputs and ``seed``
-    give the same solver. ``callback(dict)`` after each iteration: iteration, iterations, train_loss (RMS units,
-    of the batch before the step), held_out_loss (the latest measured).
+    give the same solver. If the first evaluation is worse than the start, the learning starts again with learning
+    rates ten times smaller (at most twice; ``LearnedSolverInfo.lr_scale`` says what was used).
+    ``callback(dict)`` after each iteration: iteration, iterations, train_loss (RMS units, of the batch before the
+    step), held_out_loss (the latest measured), lr_scale (iteration restarts at 1 after a backtrack).
     """
     t_begin = time.perf_counter()
     if not isinstance(schedule, NoiseSchedule):
@@ -169,44 +177,60 @@ def learn_solver(
     seconds_grid = time.perf_counter() - t_grid
 
     eps = TensorTimeModel(model)
-    params = _Parameters(LogSNRGrid.from_grid(schedule, grid), steps, history, affine, network_times, schedule.T)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x_T.shape[0], generator=gen)
-    held, fit = order[:holdout], order[holdout:]
-    opt = torch.optim.Adam([{"params": params.tensors(), "lr": lr}, {"params": [params.grid.logits], "lr": grid_lr}])
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
 
-    def run(x: Tensor) -> Tensor:
-        return learned_engine(eps, tensor_grid(schedule, params.timesteps), x, solver=params)
+    def descend(scale: float, may_give_up: bool):
+        """Adam at ``scale`` × the learning rates from the start; None when ``may_give_up`` and the held-out loss
+        at the first evaluation is above the start's, else (best, record, start loss, tuning and held-out counts)."""
+        params = _Parameters(LogSNRGrid.from_grid(schedule, grid), steps, history, affine, network_times,
+                             schedule.T)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(x_T.shape[0], generator=gen)
+        held, fit = order[:holdout], order[holdout:]
+        opt = torch.optim.Adam([{"params": params.tensors(), "lr": lr * scale},
+                                {"params": [params.grid.logits], "lr": grid_lr * scale}])
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
 
-    def held_out() -> float:
-        with torch.no_grad():
-            return _log_loss(run(x_T[held]), reference[held]).item()
+        def run(x: Tensor) -> Tensor:
+            return learned_engine(eps, tensor_grid(schedule, params.timesteps), x, solver=params)
 
-    start_loss = held_out()
-    best = (start_loss, params.solver(), 0)
-    record = [(0, math.exp(start_loss / 2))]
-    latest = start_loss
-    for it in range(iterations):
-        idx = fit[torch.randperm(len(fit), generator=gen)[:batch_size]]
-        with torch.enable_grad():
-            loss = _log_loss(run(x_T[idx]), reference[idx])
-            opt.zero_grad()
-            loss.backward()
-        opt.step()
-        decay.step()
-        params.refresh()
-        if (it + 1) % eval_every == 0 or it + 1 == iterations:
-            latest = held_out()
-            record.append((it + 1, math.exp(latest / 2)))
-            if latest < best[0]:
-                best = (latest, params.solver(), it + 1)
-        if callback is not None:
-            callback({"iteration": it + 1, "iterations": iterations, "train_loss": math.exp(loss.item() / 2),
-                      "held_out_loss": math.exp(latest / 2)})
+        def held_out() -> float:
+            with torch.no_grad():
+                return _log_loss(run(x_T[held]), reference[held]).item()
+
+        start_loss = held_out()
+        best = (start_loss, params.solver(), 0)
+        record = [(0, math.exp(start_loss / 2))]
+        latest = start_loss
+        for it in range(iterations):
+            idx = fit[torch.randperm(len(fit), generator=gen)[:batch_size]]
+            with torch.enable_grad():
+                loss = _log_loss(run(x_T[idx]), reference[idx])
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+            decay.step()
+            params.refresh()
+            if (it + 1) % eval_every == 0 or it + 1 == iterations:
+                latest = held_out()
+                record.append((it + 1, math.exp(latest / 2)))
+                if len(record) == 2 and latest > start_loss and may_give_up:
+                    return None  # the steps are too large for this error scale: start again with smaller ones
+                if latest < best[0]:
+                    best = (latest, params.solver(), it + 1)
+            if callback is not None:
+                callback({"iteration": it + 1, "iterations": iterations, "train_loss": math.exp(loss.item() / 2),
+                          "held_out_loss": math.exp(latest / 2), "lr_scale": scale})
+        return best, record, start_loss, len(fit), len(held)
+
+    for attempt in range(BACKTRACKS + 1):
+        scale = LR_BACKTRACK ** attempt
+        result = descend(scale, may_give_up=attempt < BACKTRACKS)
+        if result is not None:
+            break
+    best, record, start_loss, n_fit, n_held = result
     solver = best[1]
     if not return_info:
         return solver
     info = LearnedSolverInfo(list(grid), math.exp(start_loss / 2), math.exp(best[0] / 2), best[2], iterations,
-                             len(fit), len(held), affine, seconds_grid, time.perf_counter() - t_begin, record)
+                             n_fit, n_held, affine, seconds_grid, time.perf_counter() - t_begin, record, scale)
     return solver, info
