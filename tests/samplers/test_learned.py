@@ -15,31 +15,16 @@ import math
 import pytest
 import torch
 
-from models import GaussianMixture, load_model
+from models import load_model
 from runners.config import load_config
 from samplers import LearnedSolver, NoiseSchedule, learn_solver, plan, sample, tune_timesteps
 from samplers.learned import BASE
 from tests.conftest import REPO
+# the analytic cases and fixtures of the learned grids' tests (the same linear schedule)
+from tests.samplers.test_tuning import PointMass, mixture, noise, one_line, one_thread  # noqa: F401
 
 SCHEDULE = NoiseSchedule("linear")
 T = SCHEDULE.T
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mixture():
-    return GaussianMixture.random(3, (2, 4), seed=4, schedule=SCHEDULE)
-
-
-def noise(n, seed=0, shape=(2, 4)):
-    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +40,6 @@ def random_solver(grid, seed=1, history=3, shift=0.0, affine=0.0):
                          (0.3 * torch.randn(n, history - 1, generator=gen, dtype=torch.float64)).tolist(),
                          (0.3 * torch.randn(n, history, generator=gen, dtype=torch.float64)).tolist(),
                          [affine] * n, [-affine] * n)
-
-
-class PointMass:
-    def __init__(self, x0):
-        self.x0 = x0
-
-    def __call__(self, x, t):
-        ab = SCHEDULE.alpha_bar_lerp_torch(t).reshape(-1, *[1] * (x.ndim - 1))
-        return (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
-
-
-def one_line(excinfo):
-    return "\n" not in str(excinfo.value)
 
 
 @pytest.mark.parametrize("grid", [[999.0, 644.4, 369.6, 154.0, 41.5, -1.0], [999.0, 500.0, -1.0], [999.0, -1.0],
