@@ -22,8 +22,9 @@ from .stochastic import generalized_ddim
 class Method:
     """What a method name means: its engine, the engine's options, and the time grid it runs on.
 
-    ``kind``: 'multistep' (the PNDM engine), 'exponential' (exponential-integrator solvers), 'ancestral' or
-    'ode' (the adaptive PF solver, see ``adaptive``). A fixed-step method runs as
+    ``kind``: 'multistep' (the PNDM engine), 'exponential' (exponential-integrator solvers), 'ancestral',
+    'ode' (the adaptive PF solver, see ``adaptive``) or 'learned' (a ``LearnedSolver`` given as the method: never
+    in the registry, its grid and coefficients come with it). A fixed-step method runs as
     ``engine(eps, grid, x, callback=..., noise=..., **options)``.
     ``grid``: 'paper' — the paper's uniform grid, under either convention — or one of ``grids.SPACINGS`` (from
     t = T−1 to ā = 1, standard convention, ā interpolated at float timesteps).
