@@ -49,6 +49,23 @@ def test_features_do_not_depend_on_the_batch_size():
         assert torch.equal(features(batch), reference), batch
 
 
+def test_features_do_not_depend_on_the_callers_thread_count():
+    """--threads' default follows the machine's load, and on some CPUs (an AVX-512 Xeon) the network's output
+    depends on the thread count: the extractor runs with its own fixed count, and restores the caller's."""
+    extractor = DigitsExtractor("cpu", str(DIGITS_WEIGHTS))
+    images = torch.randint(0, 256, (150, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(extractor(images))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
 def test_streamed_statistics_depend_only_on_the_rows_and_match_numpy():
     features = np.random.default_rng(0).normal(0.5, 1.0, size=(2345, 16))
     whole = FeatureStats.of(features)
