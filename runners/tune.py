@@ -46,6 +46,12 @@ def load_network(job: TuneJob, device: torch.device):
     return lambda x, t: model(x, t)
 
 
+def teacher_of(eps, job, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's endpoints for the noises x, in chunks of the job's batch size."""
+    with torch.no_grad():
+        return torch.cat([teacher_solve(eps, job.schedule, chunk) for chunk in x.split(job.batch_size)])
+
+
 def rms_per_sample(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """RMS distance of each sample to its reference (pixel units of the model's data, [-1, 1] for most)."""
     return ((x.double() - reference.double()) ** 2).flatten(1).mean(1).sqrt()
@@ -143,8 +149,7 @@ def tune_on_teacher(job: TuneJob, eps, x_T, x_eval, device):
                                         callback=progress, return_info=True, **kwargs)
         except ValueError as e:  # the library's checks of user input (method, NFE, a model without dt gradients)
             raise ArgumentError(str(e)) from None
-    with torch.no_grad():
-        reference = torch.cat([teacher_solve(eps, job.schedule, chunk) for chunk in x_eval.split(job.batch_size)])
+    reference = teacher_of(eps, job, x_eval)
     comparison = compare(eps, job, grid, x_eval, reference)
     tuned, best = comparison["tuned"], comparison["fixed"][comparison["best_fixed"]]
     line = (f"on {comparison['samples']} noises not used for tuning, median RMS to the reference: tuned "

@@ -14,24 +14,19 @@ from tqdm.auto import tqdm
 
 from samplers import learn_solver, sample, tune_timesteps
 from samplers.learned import BASE
-from samplers.tuning import check_differentiable, teacher_solve
+from samplers.tuning import check_differentiable
 
 from .errors import ArgumentError
 from .files import OutputLock, write_json_atomic
 from .jobs import TuneSolverJob
 from .sampling import versions
 from .solver_files import FORMAT
-from .tune import fixed_spacings, largest_steps, rms_per_sample, summary, tuning_inputs
+from .tune import fixed_spacings, largest_steps, rms_per_sample, summary, teacher_of, tuning_inputs
 
 
 def run_tune_solver_job(job: TuneSolverJob) -> dict:
     with OutputLock.for_file(job.out):  # two runs into one file: the second is refused, not silently last
         return _run(job)
-
-
-def _teacher(eps, job: TuneSolverJob, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([teacher_solve(eps, job.schedule, chunk) for chunk in x.split(job.batch_size)])
 
 
 def _bar(desc: str, total: int):
@@ -52,7 +47,7 @@ def _run(job: TuneSolverJob) -> dict:
         check_differentiable(eps, x_T, job.schedule.T)  # before any progress bar: its error is one line
     except ValueError as e:
         raise ArgumentError(str(e)) from None
-    reference = _teacher(eps, job, x_T)
+    reference = teacher_of(eps, job, x_T)
     bar, progress = _bar(f"tuning the {BASE} grid at NFE {job.nfe}", 40)
     with bar:
         grid, grid_info = tune_timesteps(eps, job.schedule, BASE, job.nfe, x_T, reference=reference, seed=job.seed,
@@ -63,7 +58,7 @@ def _run(job: TuneSolverJob) -> dict:
                                     iterations=job.iterations, history=job.history, affine=job.affine,
                                     holdout=job.holdout, seed=job.seed, callback=progress, return_info=True)
     learning_seconds = time.perf_counter() - start
-    comparison = compare(eps, job, solver, grid, x_eval, _teacher(eps, job, x_eval))
+    comparison = compare(eps, job, solver, grid, x_eval, teacher_of(eps, job, x_eval))
     result = {
         "format": FORMAT, "solver": solver.as_dict(), "nfe": solver.nfe, "checkpoint": job.model.checkpoint,
         "checkpoint_sha256": job.model.checkpoint_sha256, "schedule": job.config.get("Schedule", {}),

@@ -20,7 +20,7 @@ from .api import get_method
 from .grids import as_int
 from .learned import BASE, LearnedSolver, learned_engine
 from .schedule import NoiseSchedule
-from .tuning import LogSNRGrid, TensorTimeModel, check_differentiable, steps_for_nfe, teacher_solve, tensor_grid, \
+from .tuning import LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, steps_for_nfe, teacher_solve, tensor_grid, \
     tune_timesteps
 
 # When the first held-out evaluation is worse than the start, the learning rates are too large for the size of the
@@ -97,11 +97,6 @@ class _Parameters:
             return LearnedSolver(tuple(self.grid.floats()), tuple(float(t) for t in self.network_times),
                                  self.predictor.tolist(), self.corrector.tolist(), [float(v) for v in self.x_scale],
                                  [float(v) for v in self.m_scale])
-
-
-def _log_loss(x: Tensor, ref: Tensor) -> Tensor:
-    """The mean over samples of log MSE (``tune_timesteps``'s default loss)."""
-    return (x.double() - ref.double()).pow(2).flatten(1).mean(1).clamp_min(1e-300).log().mean()
 
 
 def learn_solver(
@@ -195,7 +190,7 @@ def learn_solver(
 
         def held_out() -> float:
             with torch.no_grad():
-                return _log_loss(run(x_T[held]), reference[held]).item()
+                return _per_sample("log", run(x_T[held]), reference[held]).mean().item()
 
         start_loss = held_out()
         best = (start_loss, params.solver(), 0)
@@ -204,7 +199,7 @@ def learn_solver(
         for it in range(iterations):
             idx = fit[torch.randperm(len(fit), generator=gen)[:batch_size]]
             with torch.enable_grad():
-                loss = _log_loss(run(x_T[idx]), reference[idx])
+                loss = _per_sample("log", run(x_T[idx]), reference[idx]).mean()
                 opt.zero_grad()
                 loss.backward()
             opt.step()
