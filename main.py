@@ -26,7 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a config key (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: the cores not busy with other work, at least 1)")
+                   help="CPU threads for torch (default: the cores not busy with other work, at least 1; tune-grid "
+                        "and tune-solver: all cores, whatever the load, since what they learn depends on it)")
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:

@@ -358,13 +358,17 @@ def train_job(args) -> TrainJob:
                     device=_device(args))
 
 
+# commands whose output is learned: their default thread count ignores the load (setup.apply_threads)
+LEARNING_COMMANDS = ("tune-grid", "tune-solver")
+
+
 def _device(args):
     return str(resolve_device(args.device)) if args.device else None
 
 
 def run(args) -> None:
     """Build the command's job (every check), then run it."""
-    apply_threads(args.threads)
+    apply_threads(args.threads, follow_load=args.command not in LEARNING_COMMANDS)
     if args.command == "sample":
         from .sampling import run_sample_job
 

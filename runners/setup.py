@@ -119,22 +119,35 @@ def busy_cores(interval: float = 0.1) -> float:
             return 0.0
 
 
-def default_threads() -> int:
-    """CPU threads for torch: the cores this process may use, shared among torchrun's local processes, minus
-    the cores other processes are keeping busy at the start. Torch's default takes every core, and when the
-    machine is shared its threads wait on each other: on a busy 2-core machine a batch of 7 digits took 676 ms
-    per network call with 2 threads and 6 ms with 1 (scripts/bench_threads.py)."""
+def process_cores() -> int:
+    """The cores this process may use, shared among torchrun's local processes."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def default_threads() -> int:
+    """CPU threads for torch: ``process_cores()`` minus the cores other processes are keeping busy at the start.
+    Torch's default takes every core, and when the machine is shared its threads wait on each other: on a busy
+    2-core machine a batch of 7 digits took 676 ms per network call with 2 threads and 6 ms with 1
+    (scripts/bench_threads.py)."""
+    cores = process_cores()
     return max(1, min(cores, math.floor(cores - busy_cores() + 0.5)))
 
 
-def apply_threads(threads: Optional[int]) -> int:
+def apply_threads(threads: Optional[int], follow_load: bool = True) -> int:
     """Set torch's intra-op threads: ``--threads``, else OMP_NUM_THREADS when the user set it, else
-    ``default_threads()``; returns the number used."""
+    ``default_threads()`` (``follow_load``) or ``process_cores()``; returns the number used.
+
+    Jobs whose result is a learned number (tune-grid, tune-solver) pass ``follow_load=False``: their gradients
+    are sums whose rounding depends on the thread count, and learning amplifies it (the same tune-solver
+    command on 1 and on 2 threads gave grids 2.4 timesteps apart), so their default must not depend on what
+    else the machine is doing."""
     if threads is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    n = default_threads() if threads is None else positive("--threads", threads)
+    if threads is not None:
+        n = positive("--threads", threads)
+    else:
+        n = default_threads() if follow_load else process_cores()
     torch.set_num_threads(n)
     return n
 

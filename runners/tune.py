@@ -119,6 +119,7 @@ def _run_tune_job(job: TuneJob) -> dict:
         "schedule": job.config.get("Schedule", {}), "seed": job.seed, "num_samples": job.num_samples,
         "objective": job.objective, ("search" if job.objective == "fid" else "loss"): info.as_dict(),
         "comparison": comparison, "seconds": {"tuning": tuning_seconds, "total": time.perf_counter() - start},
+        "threads": torch.get_num_threads(),
         "config": job.config, "versions": versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json_atomic(job.out, result)

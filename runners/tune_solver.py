@@ -65,6 +65,7 @@ def _run(job: TuneSolverJob) -> dict:
         "seed": job.seed, "num_samples": job.num_samples, "affine": job.affine, "history": job.history,
         "grid_tuning": grid_info.as_dict(), "learning": info.as_dict(), "comparison": comparison,
         "seconds": {"learning": learning_seconds, "total": time.perf_counter() - start},
+        "threads": torch.get_num_threads(),
         "config": job.config, "versions": versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json_atomic(job.out, result)

@@ -132,7 +132,7 @@ def learn_solver(
     on the mean of the per-sample log squared distance to the teacher. ``holdout`` of the noises (a seeded draw) are
     never trained on: every ``eval_every`` iterations their loss is measured and the lowest one's iterate is
     returned, the start included, so the held-out loss never ends above the start's. The same inputs and ``seed``
-    give the same solver. If the first evaluation is worse than the start, the learning starts again with learning
+    give the same solver on the same machine and torch thread count. If the first evaluation is worse than the start, the learning starts again with learning
     rates ten times smaller (at most twice; ``LearnedSolverInfo.lr_scale`` says what was used).
     ``callback(dict)`` after each iteration: iteration, iterations, train_loss (RMS units, of the batch before the
     step), held_out_loss (the latest measured), lr_scale (iteration restarts at 1 after a backtrack).

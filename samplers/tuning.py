@@ -382,7 +382,8 @@ def tune_timesteps(
     at that noise level, as the released code's grids do from T − T/N; the paper's grid joins the start
     candidates). ``last``: pin the last timestep before −1 (e.g. 0.0: the released grids end with an evaluation at
     t = 0, which sharpens samples at NFE ≤ 4 although a per-sample loss would move it up — FIDs in
-    docs/TUNING.md). The same inputs and ``seed`` give the same grid.
+    docs/TUNING.md). The same inputs and ``seed`` give the same grid on the same machine and torch thread count (a
+    CPU's sums round differently with another thread count, and the learning amplifies it).
     ``race``: with k > 1 the k starts of lowest loss take ``iterations // 4`` steps each and the one with the lowest
     held-out loss then takes the rest (k − 1 races more in all; a first-order method's good start can lie in a
     worse basin than the runner-up's).
