@@ -1,4 +1,5 @@
 """Shared fixtures: the golden reference data lives in ../shared/reference (never copied into the repo)."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -6,6 +7,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module, so a test calls its main() in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,5 @@
 """scripts/bench_grid_search.py --search-classifier: the transfer check searches on another digits classifier's
 Fréchet distance; its reference statistics are the digits dataset in that network's features."""
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -10,14 +8,7 @@ from models.digits_classifier import DigitsClassifier
 from runners.datasets import digits_images
 from runners.fid import fid_from_features
 from runners.frontier.fid_screen import DigitsFID
-from tests.conftest import REPO
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_grid_search", REPO / "scripts" / "bench_grid_search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import REPO, load_script
 
 
 def test_other_network_fid(tmp_path):
@@ -25,7 +16,7 @@ def test_other_network_fid(tmp_path):
     weights = tmp_path / "other.pt"
     torch.save(DigitsClassifier().state_dict(), weights)  # random weights: any network other than the FID one
     fid = DigitsFID(16)
-    other = load_script().other_network_fid(fid, str(weights))
+    other = load_script("bench_grid_search").other_network_fid(fid, str(weights))
     assert other.extractor.weights_sha256 != fid.extractor.weights_sha256
     assert other.schedule is fid.schedule and other.x_T is fid.x_T and other.reference["num_images"] == 1797
     images = digits_images()
@@ -42,13 +33,13 @@ def test_other_network_fid(tmp_path):
 def test_other_network_fid_refuses_the_scoring_network():
     fid = DigitsFID(16)
     with pytest.raises(SystemExit, match="scoring FID network itself"):
-        load_script().other_network_fid(fid, str(REPO / "models" / "weights" / "digits_classifier.pt"))
+        load_script("bench_grid_search").other_network_fid(fid, str(REPO / "models/weights/digits_classifier.pt"))
 
 
 def test_other_network_fid_unreadable_weights_is_one_line(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_text("not a state dict")
     with pytest.raises(SystemExit, match="^error: --search-classifier: cannot load the digits classifier"):
-        load_script().other_network_fid(DigitsFID(16), str(bad))
+        load_script("bench_grid_search").other_network_fid(DigitsFID(16), str(bad))
     with pytest.raises(SystemExit, match="^error: --search-classifier: digits classifier weights not found"):
-        load_script().other_network_fid(DigitsFID(16), str(tmp_path / "missing.pt"))
+        load_script("bench_grid_search").other_network_fid(DigitsFID(16), str(tmp_path / "missing.pt"))

@@ -1,6 +1,5 @@
 """runners.frontier.flips: the step that decided each flip, checked against the flow computed here step by step;
 and scripts/bench_flips.py, which tabulates it."""
-import importlib.util
 import re
 
 import pytest
@@ -11,7 +10,7 @@ from runners.frontier import MixtureSet
 from runners.frontier.flips import flip_origins
 from runners.frontier.scores import FLIP
 from samplers import NoiseSchedule, plan, sample
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 SCHEDULE = NoiseSchedule("linear")
 
@@ -65,15 +64,8 @@ def test_an_adaptive_method_is_refused(mixtures):
         flip_origins(mixtures.mixtures[0], SCHEDULE, mixtures.noises[0], "PF")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_flips", REPO / "scripts" / "bench_flips.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_script_attributes_every_counted_flip_to_a_step(capsys):
-    load_script().main(["origins", "--mixtures", "0-3", "--noises", "16", "--steps", "5"])
+    load_script("bench_flips").main(["origins", "--mixtures", "0-3", "--noises", "16", "--steps", "5"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| UniPC-3(bh2) | default")]
     cells = row[0].split("|")
     flips, by_step = int(cells[5]), cells[6]
@@ -81,7 +73,7 @@ def test_the_script_attributes_every_counted_flip_to_a_step(capsys):
 
 
 def test_the_script_scores_each_loss_and_refuses_an_unknown_one(capsys):
-    script = load_script()
+    script = load_script("bench_flips")
     script.main(["losses", "--mixtures", "0", "--n-tune", "16", "--iterations", "1", "--noises", "8",
                  "--losses", "cap,cauchy"])
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| UniPC-3(bh2) |")]

@@ -11,7 +11,7 @@ from runners.frontier import MixtureSet, TuneSettings, markdown, tuned_rows
 from runners.frontier.diffusers_side import T
 from samplers import NoiseSchedule, expected_nfe, sample
 from samplers.grids import spaced_grid
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 SCHEDULE = NoiseSchedule("linear")
 
@@ -107,11 +107,7 @@ def test_report_puts_tuned_fixed_and_diffusers_side_by_side(tiny):
 
 def _bench_frontier(monkeypatch, *args):
     """scripts/bench_frontier.py's main() in this process (no interpreter start-up)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_frontier", REPO / "scripts" / "bench_frontier.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_frontier")
     monkeypatch.setattr(sys, "argv", ["bench_frontier.py", *map(str, args)])
     module.main()
 
