@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from runners.frontier import parse_seeds  # noqa: E402
 from runners.frontier.analytic import MixtureSet  # noqa: E402
 from runners.frontier.flips import flip_origins  # noqa: E402
 from runners.frontier.scores import summarise  # noqa: E402
@@ -35,11 +36,6 @@ from samplers.tuning import squared_distance  # noqa: E402
 
 T = 1000
 LOSSES = ("mse", "log", "cap", "cauchy")
-
-
-def mixture_range(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
 
 
 def problem(seeds, noises, offset, schedule):
@@ -59,7 +55,7 @@ def robust_loss(name: str, c: float) -> dict:
 
 
 def origins(args, schedule):
-    seeds = mixture_range(args.mixtures)
+    seeds = parse_seeds(args.mixtures)
     mixtures = MixtureSet(seeds, args.noises, schedule, noise_offset=3000)
     grids = [("default", None)] + [(g, [float(v) for v in g.split(",")]) for g in args.grid]
     print(f"| method | grid | mean RMSE | median | flips / {len(seeds) * args.noises} | flips by the step that "
@@ -80,7 +76,7 @@ def origins(args, schedule):
 
 
 def losses(args, schedule):
-    seeds = mixture_range(args.mixtures)
+    seeds = parse_seeds(args.mixtures)
     scored, scored_exact = problem(seeds, 32, 1000, schedule)
     more, more_exact = problem(seeds, args.noises, 3000, schedule)
     tuning = MixtureSet(seeds, args.n_tune, schedule, noise_offset=90000)
@@ -117,7 +113,7 @@ def main(argv=None):
     p.add_argument("--c", type=float, default=0.25, help="losses: the robust losses' scale (0.25: RMS 0.5, a flip)")
     p.add_argument("--n-tune", type=int, default=512, help="losses: tuning noises per mixture")
     p.add_argument("--iterations", type=int, default=30, help="losses: full-batch Adam steps")
-    p.add_argument("--mixtures", default="0-15", help="mixture seeds, e.g. 0-15")
+    p.add_argument("--mixtures", default="0-15", help="mixture seeds, e.g. 0-15 or 0-3,8")
     p.add_argument("--noises", type=int, default=128, help="noises per mixture (seed 3000 + mixture)")
     args = p.parse_args(argv)
     args.method = args.method or ["UniPC-3(bh2)"]
