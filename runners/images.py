@@ -3,6 +3,7 @@ the sample folder layout."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,11 @@ def sample_path(out_dir: Path, index: int, total: int) -> Path:
     return out_dir / f"{index // 1000:03d}" / name if total > FLAT_LIMIT else out_dir / name
 
 
+def image_indices(out_dir: Path) -> list[int]:
+    """The sample indices whose PNGs are in ``out_dir``, in either layout (files named as ``sample_path`` names them)."""
+    return [int(p.stem) for p in Path(out_dir).rglob("*.png") if p.stem.isdigit() and len(p.stem) >= 6]
+
+
 def move_to_layout(out_dir: Path, old_total: int, new_total: int) -> int:
     """Move the samples 0..old_total−1 of a folder laid out for ``old_total`` images to where ``sample_path`` puts
     them for ``new_total`` (a run grown past FLAT_LIMIT images goes into subfolders: its flat files are moved there,
@@ -48,6 +54,10 @@ def move_to_layout(out_dir: Path, old_total: int, new_total: int) -> int:
         except OSError as e:
             raise OutputError(f"cannot move {src} to {dst}: {e.strerror or e}") from None
         moved += 1
+    if old_total > FLAT_LIMIT >= new_total:  # the subfolders the images left (a folder shrunk back to flat)
+        for sub in {sample_path(out_dir, i, old_total).parent for i in range(0, old_total, 1000)}:
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only if empty
     return moved
 
 

@@ -27,7 +27,7 @@ from .distributed import Dist, main_owns, session
 from .errors import ModelOutputError, OutputError
 from .features import list_images
 from .files import as_json, read_json, write_json_atomic
-from .images import PngWriter, move_to_layout, sample_path, to_uint8
+from .images import PngWriter, image_indices, move_to_layout, sample_path, to_uint8
 from .jobs import SampleJob
 from .seeds import derive_seed
 from .setup import load_eps
@@ -91,9 +91,11 @@ def check_folder(out_dir: Path, job: SampleJob) -> bool:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise OutputError(f"{out_dir} holds samples from a different configuration (differs in: {', '.join(diff)}); "
                           f"choose another --out")
-    if present and old.get("num_samples", 0) > job.num_samples:
-        raise OutputError(f"{out_dir} holds {old['num_samples']} samples, more than --num-samples "
-                          f"{job.num_samples}; choose another --out")
+    # what is on disk decides, not the manifest's count: a run asked for more and interrupted early holds fewer
+    beyond = [i for i in image_indices(out_dir) if i >= job.num_samples]
+    if present and beyond:
+        raise OutputError(f"{out_dir} holds samples up to index {max(beyond)}, more than --num-samples "
+                          f"{job.num_samples}; ask for at least {max(beyond) + 1} or choose another --out")
     return present
 
 
@@ -178,6 +180,9 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
     out_dir = Path(job.out)
 
     def start(own) -> None:
+        # images already there stay, with their manifest, also when check_folder refuses this run: the command
+        # that made them must still be able to resume or extend them
+        own.keep = samples_present(out_dir)
         own.keep = check_folder(out_dir, job)
         previous = read_json(out_dir / MANIFEST) if own.keep else {}
         if own.keep:

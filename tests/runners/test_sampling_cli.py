@@ -253,6 +253,31 @@ def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsy
     assert sample(cfg, out, "--num-samples", 3, "--method", "S-PNDM") == 2
     assert "different configuration (differs in: method" in capsys.readouterr().err
     assert files_of(out) == before
+    # the refusal leaves the folder as it was: its manifest too, so the command that made it can still extend it
+    manifest = (out / "manifest.json").read_bytes()
+    assert sample(cfg, out, "--num-samples", 2) == 2
+    assert "ask for at least 3" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == manifest and files_of(out) == before
+    assert sample(cfg, out, "--num-samples", 4) == 0
+    assert sample(cfg, tmp_path / "fresh", "--num-samples", 4) == 0
+    assert files_of(out) == files_of(tmp_path / "fresh")
+
+
+def test_a_mistyped_count_interrupted_early_can_be_taken_back(tiny, tmp_path, monkeypatch):
+    """The manifest of an interrupted run records the count asked for; the images on disk, not that count, say
+    whether a smaller --num-samples would drop samples."""
+    cfg, _ = tiny
+    out = tmp_path / "out"
+    assert sample(cfg, out, "--num-samples", 3) == 0
+    monkeypatch.setattr("runners.images.FLAT_LIMIT", 5)  # the mistyped count goes past it: subfolders
+    restore = kill_sampling_after(monkeypatch, 1)
+    assert sample(cfg, out, "--num-samples", 20) == 130
+    restore()
+    assert sorted(files_of(out)) == [f"000/{i:06d}.png" for i in range(3)]
+    assert sample(cfg, out, "--num-samples", 4) == 0
+    assert sorted(files_of(out)) == [f"{i:06d}.png" for i in range(4)] and not (out / "000").exists()
+    assert sample(cfg, tmp_path / "fresh", "--num-samples", 4) == 0
+    assert files_of(out) == files_of(tmp_path / "fresh")
 
 
 def test_missing_inception_weights_say_which_file_goes_where(tmp_path, capsys, tiny):
