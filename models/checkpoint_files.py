@@ -126,6 +126,7 @@ class Checkpoint(NamedTuple):
     state: dict[str, torch.Tensor]
     format: str
     ema_shadow: list[torch.Tensor] | None = None
+    config: Mapping[str, Any] | None = None  # the config a training dict records (this project's train job)
 
 
 def _score_sde_shadow(obj: Any) -> list[torch.Tensor] | None:
@@ -186,7 +187,7 @@ def _drop_unused_sigmas(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """The model weights in a checkpoint file or diffusers directory, in this project's key layout, and a
-    description of the format found (`Checkpoint(state, format, ema_shadow)`; `ema_shadow` is score-SDE's
+    description of the format found (`Checkpoint(state, format, ema_shadow, config)`; `ema_shadow` is score-SDE's
     unnamed EMA list, see `ema_state`). Raises CheckpointError (or its subclasses) with one clear line."""
     path = Path(path)
     if not path.exists():
@@ -199,15 +200,47 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         weights = diffusers_weights_file(found)
         read_diffusers_config(found)  # refuse what DDPM cannot do
         state = _unwrap(_read_weights_file(weights, trust_pickle), weights).state
-        fmt, shadow = f"diffusers UNet2DModel directory ({weights.name})", None
+        fmt, shadow, recorded = f"diffusers UNet2DModel directory ({weights.name})", None, None
     else:
-        state, fmt, shadow = _unwrap(_read_weights_file(path, trust_pickle), path)
+        obj = _read_weights_file(path, trust_pickle)
+        state, fmt, shadow, _ = _unwrap(obj, path)
+        recorded = obj.get("config") if isinstance(obj, Mapping) else None
     state = _drop_unused_sigmas(_strip_wrapper_prefixes(state))
     if looks_like_diffusers(state):
         state = diffusers_to_ddpm_state_dict(state)
         if not path.is_dir():
             fmt += ", diffusers key names"
-    return Checkpoint(state, fmt, shadow)
+    return Checkpoint(state, fmt, shadow, recorded if isinstance(recorded, Mapping) else None)
+
+
+# a Schedule section's keys and the values the configs default to (samplers.NoiseSchedule.from_config)
+_SCHEDULE_DEFAULTS = {"type": "linear", "beta_start": 1e-4, "beta_end": 0.02, "diffusion_step": 1000}
+
+
+def _schedule_of(section: Any) -> dict[str, Any] | None:
+    if not isinstance(section, Mapping):
+        return None
+    try:
+        return {key: (str(section.get(key, default)) if key == "type" else float(section.get(key, default)))
+                for key, default in _SCHEDULE_DEFAULTS.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def schedule_mismatch(path: Path, recorded: Mapping[str, Any] | None, cfg: Mapping[str, Any] | None) -> str | None:
+    """A one-line error when the checkpoint records the noise schedule it was trained under (this project's
+    training dicts do) and ``cfg``'s Schedule section is another one: a network sampled under another ā than it
+    was trained for gives plausible-looking, wrong samples. None when they agree or either is not known."""
+    theirs = _schedule_of((recorded or {}).get("Schedule"))
+    mine = _schedule_of((cfg or {}).get("Schedule"))
+    if theirs is not None and mine is not None and theirs["type"] == mine["type"] == "cosine":
+        for key in ("beta_start", "beta_end"):  # the cosine schedule has no betas to set
+            theirs.pop(key), mine.pop(key)
+    if theirs is None or mine is None or theirs == mine:
+        return None
+    diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in theirs if theirs[k] != mine[k])
+    return (f"checkpoint {path} was trained under another noise schedule than the config's ({diff}; checkpoint "
+            f"vs config): set the config's Schedule section to the checkpoint's")
 
 
 def ema_state(path: Path, checkpoint: Checkpoint, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -363,7 +396,8 @@ def load_model(cfg: Mapping[str, Any] | None, path: str | Path, trust_pickle: bo
     if cfg is None:
         cfg = _infer_section(path, checkpoint.state)
     model = build_model(cfg, eps_only=eps_only)
-    message = _fit_error(path, checkpoint.format, model, checkpoint.state)
+    message = (schedule_mismatch(path, checkpoint.config, cfg) or
+               _fit_error(path, checkpoint.format, model, checkpoint.state))
     if message:
         raise CheckpointError(message)
     model.load_state_dict(ema_state(path, checkpoint, model), strict=True)

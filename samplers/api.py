@@ -2,6 +2,8 @@
 ``plan()``, which validates a run's arguments and says what it will do without running it."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -116,7 +118,9 @@ def available() -> list[str]:
 
 
 def get_method(name: str) -> Method:
-    base, _, spacing = str(name).partition("@")
+    base, at, spacing = str(name).partition("@")
+    if at and not spacing.strip():
+        raise ValueError(f"method {name!r} names no spacing after '@'; choose one of {', '.join(('paper',) + SPACINGS)}")
     try:
         m = METHODS[base.strip().upper()]
     except KeyError:
@@ -277,6 +281,16 @@ def _noise_source(generator, x: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda y: torch.stack([torch.randn(y.shape[1:], generator=g, device=g.device) for g in gens]).to(y)
 
 
+def _check_adaptive(rtol, atol, t_end) -> None:
+    """PF's tolerances and end point: a NaN or a zero tolerance would run forever or blame the model."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if not (isinstance(t_end, numbers.Real) and not isinstance(t_end, bool) and 0 < t_end < 1):
+        raise ValueError(f"t_end (the diffusion time s where PF stops) must lie in (0, 1), got {t_end!r}")
+
+
 def sample(
     model: Callable[[Tensor, Tensor], Tensor],
     x_T: Tensor,
@@ -314,6 +328,10 @@ def sample(
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
         raise ValueError("x_T must be a floating-point tensor with a batch dimension")
     p = _plan(m, convention, schedule, steps, timesteps, eta)
+    if p.method.adaptive:
+        _check_adaptive(rtol, atol, t_end)
+    if not bool(torch.isfinite(x_T).all()):  # else the first model call would be blamed for it
+        raise ValueError("x_T holds NaN or infinite values")
     grid = p.grid
     info = SampleInfo(p.method.name, p.convention, timesteps=None if grid is None else list(grid.timesteps),
                       t_start=p.t_start)

@@ -85,6 +85,10 @@ class NoiseSchedule:
         if not (np.all(betas > 0) and np.all(betas < 1)):
             raise ValueError("betas must lie in (0, 1)")
         alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        if not alphas_cumprod[-1] > 0:  # every sampler divides by sqrt(ā) somewhere
+            first = int(np.argmax(alphas_cumprod <= 0))
+            raise ValueError(f"alpha_bar underflows to 0 in float32 from timestep {first} on: no signal is left "
+                             f"there (lower beta_end or the number of timesteps)")
         betas.setflags(write=False)
         alphas_cumprod.setflags(write=False)
         object.__setattr__(self, "betas", betas)

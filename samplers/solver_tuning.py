@@ -20,8 +20,8 @@ from .api import get_method
 from .grids import as_int
 from .learned import BASE, LearnedSolver, learned_engine
 from .schedule import NoiseSchedule
-from .tuning import LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, steps_for_nfe, teacher_solve, tensor_grid, \
-    tune_timesteps
+from .tuning import LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, check_noise_and_reference, \
+    steps_for_nfe, teacher_solve, tensor_grid, tune_timesteps
 
 # When the first held-out evaluation is worse than the start, the learning rates are too large for the size of the
 # errors (a step of Adam moves every coefficient by ~lr whatever its gradient: at a teacher distance of 1e-3, as
@@ -154,9 +154,7 @@ def learn_solver(
                          f"least 2)")
     if not (0 < lr < math.inf and 0 < grid_lr < math.inf):
         raise ValueError(f"need lr > 0 and grid_lr > 0, got {lr} and {grid_lr}")
-    if reference is not None and (not isinstance(reference, Tensor) or reference.shape != x_T.shape):
-        got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
-        raise ValueError(f"reference must be the teacher's endpoints for x_T, shape {tuple(x_T.shape)}; got {got}")
+    check_noise_and_reference(x_T, reference)
     if grid is not None:
         grid = [float(t) for t in grid]
         LearnedSolver.start(grid)  # its form: decreasing, ending at −1

@@ -40,6 +40,7 @@ from .grids import SPACINGS, Grid, as_int, check_timesteps, spaced_grid, uniform
 from .schedule import NoiseSchedule
 
 TEACHER = "UniPC-3(bh2)"
+HOLDOUT = 0.25  # the part of the tuning noise held out to select the iterate, by default
 
 
 @dataclass
@@ -254,8 +255,9 @@ def check_differentiable(model: Callable, x: Tensor, T: int) -> None:
         raise ValueError("model is not differentiable in x (dε/dx is missing or zero: does it detach x?)")
 
 
-def _split(n: int, holdout, seed: int) -> tuple[Tensor, Tensor]:
-    """(tuning indices, held-out indices) of a seeded permutation of n samples."""
+def held_out_count(n: int, holdout: Union[float, int] = HOLDOUT) -> int:
+    """How many of n tuning samples ``holdout`` (a fraction or a count) holds out; a ValueError unless both parts
+    have at least 2."""
     if isinstance(holdout, float):
         if not 0 < holdout < 1:
             raise ValueError(f"holdout must be a fraction in (0, 1) or a count, got {holdout}")
@@ -264,6 +266,12 @@ def _split(n: int, holdout, seed: int) -> tuple[Tensor, Tensor]:
     if holdout < 2 or n - holdout < 2:
         raise ValueError(f"x_T has {n} samples: too few to split into tuning and held-out parts "
                          f"(holdout={holdout}; each part needs at least 2)")
+    return holdout
+
+
+def _split(n: int, holdout, seed: int) -> tuple[Tensor, Tensor]:
+    """(tuning indices, held-out indices) of a seeded permutation of n samples."""
+    holdout = held_out_count(n, holdout)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[holdout:].sort().values, perm[:holdout].sort().values
 
@@ -332,6 +340,16 @@ def _loss_of(model, schedule, m, timesteps, x_T, ref, batch_size, loss: str = "l
     return _report(loss, total / len(x_T))
 
 
+def check_noise_and_reference(x_T: Tensor, reference: Optional[Tensor]) -> None:
+    """The tuning noises and the teacher's endpoints for them (None: computed later), or a ValueError."""
+    if reference is not None and (not isinstance(reference, Tensor) or reference.shape != x_T.shape):
+        got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
+        raise ValueError(f"reference must be the teacher's endpoints for x_T, shape {tuple(x_T.shape)}; got {got}")
+    for name, value in (("x_T", x_T), ("reference", reference)):
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} holds NaN or infinite values")
+
+
 def tune_timesteps(
     model: Callable[[Tensor, Tensor], Tensor],
     schedule: NoiseSchedule,
@@ -343,7 +361,7 @@ def tune_timesteps(
     iterations: int = 40,
     callback: Optional[Callable[[dict], None]] = None,
     seed: int = 0,
-    holdout: Union[float, int] = 0.25,
+    holdout: Union[float, int] = HOLDOUT,
     batch_size: int = 64,
     lr: float = 0.1,
     slack: float = 0.0,
@@ -413,9 +431,7 @@ def tune_timesteps(
                         f"{type(distance).__name__}")
     if not (0 <= slack < math.inf and 0 < lr < math.inf):
         raise ValueError(f"need lr > 0 and slack >= 0, got lr={lr}, slack={slack}")
-    if reference is not None and (not isinstance(reference, Tensor) or reference.shape != x_T.shape):
-        got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
-        raise ValueError(f"reference must be the teacher's endpoints for x_T, shape {tuple(x_T.shape)}; got {got}")
+    check_noise_and_reference(x_T, reference)
     train, held = _split(x_T.shape[0], holdout, seed)
     last = check_last(last, T)
     check_free_points(base, steps, learn_first, last)

@@ -150,6 +150,26 @@ def test_every_format_loads_to_the_released_eps(golden, tmp_path, writer):
     assert torch.allclose(_eps(model, golden), golden["eps"], atol=1e-5)
 
 
+@pytest.mark.parametrize("trained, config, refused", [
+    ({"type": "linear", "beta_start": 0.0001, "beta_end": 0.02, "diffusion_step": 1000},
+     {"type": "linear", "beta_end": "2e-2"}, None),  # the same schedule, spelt otherwise and with defaults
+    ({"type": "linear", "beta_end": 0.02}, {"type": "linear", "beta_end": 0.01}, "beta_end 0.02 vs 0.01"),
+    ({"type": "cosine"}, {"type": "linear"}, "type cosine vs linear"),
+    ({"type": "cosine", "beta_end": 0.5}, {"type": "cosine"}, None),  # a cosine schedule has no betas
+    ({"type": "linear", "diffusion_step": 2000}, {}, "diffusion_step 2000.0 vs 1000.0"),
+    (None, {"type": "cosine"}, None),  # a checkpoint that records no schedule cannot be checked
+])
+def test_a_checkpoint_trained_under_another_schedule_is_refused(golden, tmp_path, trained, config, refused):
+    recorded = {"Model": golden["config"]} if trained is None else {"Model": golden["config"], "Schedule": trained}
+    torch.save({"model": golden["state_dict"], "ema": golden["state_dict"], "config": recorded}, tmp_path / "t.pt")
+    cfg = {"Model": golden["config"], "Schedule": config}
+    if refused is None:
+        assert torch.allclose(_eps(load_model(cfg, tmp_path / "t.pt"), golden), golden["eps"], atol=1e-5)
+    else:
+        with pytest.raises(CheckpointError, match=f"trained under another noise schedule .*{refused}"):
+            load_model(cfg, tmp_path / "t.pt")
+
+
 def test_perturbed_weights_really_change_eps(golden):
     """Guards the EMA-preference tests above: loading the wrong entry would be detected."""
     net = build_model(golden["config"]).eval()

@@ -42,10 +42,25 @@ def test_method_names_case_insensitive(model, name):
     (dict(method="F-PNDM", steps=10, eta=0.5), "eta applies to DDIM only"),
     (dict(method="DDIM", steps=1000, convention="official"), "past the end.*convention='standard'"),
     (dict(method="DDIM", steps=333, convention="official"), "past the end"),
+    (dict(method="DDIM@", steps=10), "names no spacing after '@'"),
+    (dict(method="PF", t_end=1.0), r"t_end .* must lie in \(0, 1\), got 1.0"),
+    (dict(method="PF", t_end=2.0), r"must lie in \(0, 1\)"),
+    (dict(method="PF", t_end=float("nan")), r"must lie in \(0, 1\)"),
+    (dict(method="PF", rtol=float("nan")), "rtol must be a positive finite number"),
+    (dict(method="PF", rtol=0, atol=0), "rtol must be a positive finite number"),
+    (dict(method="PF", atol=-1e-5), "atol must be a positive finite number"),
 ])
 def test_bad_arguments_raise_value_error(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample(model, noise(1), SCHEDULE, **kwargs)
+
+
+@pytest.mark.parametrize("method, kwargs", [("DDIM", dict(steps=3)), ("PF", {})])
+def test_non_finite_noise_is_named_as_such_not_blamed_on_the_model(model, method, kwargs):
+    x = noise(2)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x_T holds NaN or infinite values"):
+        sample(model, x, SCHEDULE, method, **kwargs)
 
 
 def test_unknown_schedule_names_choices():
