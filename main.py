@@ -146,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "noise 'sample' draws for any seed) (default: 0)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="samples per model call for the reference solves (default: Sample.batch_size)")
-    p.add_argument("--loss", default="log",
-                   help="what the grid minimises: 'log' (the mean of each sample's log squared distance to the "
-                        "teacher: tracks the median sample) or 'mse' (the mean squared distance: the RMS over all "
+    p.add_argument("--loss", default=None,
+                   help="teacher: what the grid minimises: 'log' (the mean of each sample's log squared distance to "
+                        "the teacher: tracks the median sample) or 'mse' (the mean squared distance: the RMS over all "
                         "samples) (default: log)")
     p.add_argument("--learn-first", action="store_true",
                    help="also learn the first timestep (x_T is then taken to be at that noise level, as the "

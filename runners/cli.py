@@ -176,6 +176,9 @@ def sample_job(args) -> SampleJob:
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         image_shape=image_shape(cfg), device=_device(args),
         fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if args.fid else None)
+    for flag, value in (("--stats", args.stats), ("--inception-weights", args.inception_weights)):
+        if value is not None and not args.fid:  # a flag that would change nothing is a mistake
+            raise ArgumentError(f"{flag} is for the FID: add --fid")
     if job.fid is not None and job.num_samples < 2:
         raise ArgumentError(f"--fid needs at least 2 samples, got --num-samples {job.num_samples}")
     return job
@@ -199,8 +202,10 @@ def stats_job(args) -> StatsJob:
         raise UserError("--source is empty; name an image folder")
     if source is not None and not source.is_dir():
         raise UserError(f"--source folder not found: {source}")
+    if source is not None and args.split is not None:
+        raise ArgumentError("--split names a split of the config's dataset; with --source the images are the folder's")
     name = get(cfg, "FID", "extractor", "inception")
-    return StatsJob(out=check_output_file(args.out), extractor=name,
+    return StatsJob(out=check_replaceable_output(args.out, "statistics"), extractor=name,
                     extractor_weights=extractor_weights(name, pick(args.inception_weights,
                                                              get(cfg, "FID", "extractor_weights"))),
                     batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "FID", "batch_size", 200))),
@@ -257,14 +262,28 @@ def ablate_job(args) -> AblateJob:
         noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
 
 
-def check_tuned_output(out, kind: str = "grid") -> Path:
-    """tune-grid's (``kind`` "grid") or tune-solver's ("solver") --out: a new file or an earlier file of that kind;
-    anything else (a config, statistics, a checkpoint named by mistake) is refused rather than overwritten."""
-    path = check_output_file(out, example=f"{kind}.json")
-    if path.exists() and not {"grid": is_grid_file, "solver": is_solver_file}[kind](path):
+def check_replaceable_output(out, kind: str) -> Path:
+    """The --out of tune-grid (``kind`` "grid"), tune-solver ("solver") or stats ("statistics"): a new file or an
+    earlier file of that kind; anything else (a config, a checkpoint named by mistake) is refused rather than
+    overwritten."""
+    from .fid import is_stats_file
+
+    is_kind, example = {"grid": (is_grid_file, "grid.json"), "solver": (is_solver_file, "solver.json"),
+                        "statistics": (is_stats_file, "stats.npz")}[kind]
+    path = check_output_file(out, example=example)
+    if path.exists() and not is_kind(path):
         raise OutputError(f"--out {path} exists and is not a {kind} file; refusing to overwrite it (choose another "
                           f"name or remove it)")
     return path
+
+
+def _standard_convention(cfg: dict, command: str) -> None:
+    """The learning commands tune for the standard convention (ā read at t, the last step to ā = 1); a config
+    that samples in the released code's convention would use the result under another ā than it was fitted to."""
+    convention = str(get(cfg, "Sample", "convention", "standard")).lower()
+    if convention != "standard":
+        raise ArgumentError(f"{command} learns for the standard convention, but the config's Sample.convention is "
+                            f"{convention!r} (set --set Sample.convention=standard)")
 
 
 def tune_job(args) -> TuneJob:
@@ -275,18 +294,21 @@ def tune_job(args) -> TuneJob:
     method = pick(args.method, get(cfg, "Sample", "method"))
     if method is None:
         raise ArgumentError("no method: pass --method or set Sample.method")
-    from samplers.tuning import LOSSES, check_free_points, check_last, steps_for_nfe, tunable_method
+    from samplers.tuning import LOSSES, check_free_points, check_last, held_out_count, steps_for_nfe, tunable_method
 
     nfe = positive("--nfe", args.nfe)
-    if args.loss not in LOSSES:
-        raise ArgumentError(f"--loss must be one of {', '.join(LOSSES)}, got {args.loss!r}")
     if args.objective not in OBJECTIVES:
         raise ArgumentError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {args.objective!r}")
     fid = args.objective == "fid"
     for flag, value, needs in (("--evaluations", args.evaluations, "fid"),
-                               ("--iterations", args.iterations, "teacher")):
-        if value is not None and args.objective != needs:
+                               ("--iterations", args.iterations, "teacher"), ("--loss", args.loss, "teacher"),
+                               ("--stats", args.stats, "fid"), ("--inception-weights", args.inception_weights, "fid")):
+        if value is not None and args.objective != needs:  # a flag that would change nothing is a mistake
             raise ArgumentError(f"{flag} is for --objective {needs}, not {args.objective}")
+    loss = pick(args.loss, "log")
+    if loss not in LOSSES:
+        raise ArgumentError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    _standard_convention(cfg, "tune-grid")
     try:
         check_last(args.last, schedule.T)
     except ValueError as e:
@@ -300,16 +322,22 @@ def tune_job(args) -> TuneJob:
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the tuning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
+    num_samples = positive("--num-samples", pick(args.num_samples, 2000 if fid else 256))
+    if not fid:  # before the progress bar opens, not inside the library
+        try:
+            held_out_count(num_samples)
+        except ValueError as e:
+            raise ArgumentError(f"--num-samples {num_samples}: {e}") from None
     eval_samples = positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128))
     if fid and eval_samples < 2:  # before the search, not after it
         raise ArgumentError(f"--objective fid needs --eval-samples of at least 2 for a FID, got {eval_samples}")
-    return TuneJob(config=cfg, out=check_tuned_output(args.out), method=m.name, nfe=nfe, schedule=schedule,
-                   model=model, num_samples=positive("--num-samples", pick(args.num_samples, 2000 if fid else 256)),
+    return TuneJob(config=cfg, out=check_replaceable_output(args.out, "grid"), method=m.name, nfe=nfe, schedule=schedule,
+                   model=model, num_samples=num_samples,
                    eval_samples=eval_samples,
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
-                   image_shape=image_shape(cfg), device=_device(args), loss=args.loss,
+                   image_shape=image_shape(cfg), device=_device(args), loss=loss,
                    learn_first=bool(args.learn_first), last=args.last, objective=args.objective,
                    evaluations=None if args.evaluations is None else nonnegative("--evaluations", args.evaluations),
                    fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if fid else None)
@@ -323,6 +351,7 @@ def tune_solver_job(args) -> TuneSolverJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
     nfe = positive("--nfe", args.nfe)
+    _standard_convention(cfg, "tune-solver")
     try:
         steps_for_nfe(get_method(BASE), nfe, schedule.T)
         compare = tuple(dict.fromkeys(tunable_method(m)[0].name for m in _split(args.compare, "--compare")))
@@ -339,7 +368,7 @@ def tune_solver_job(args) -> TuneSolverJob:
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
-    return TuneSolverJob(config=cfg, out=check_tuned_output(args.out, "solver"), nfe=nfe, schedule=schedule, model=model,
+    return TuneSolverJob(config=cfg, out=check_replaceable_output(args.out, "solver"), nfe=nfe, schedule=schedule, model=model,
                          num_samples=num_samples, eval_samples=positive("--eval-samples", args.eval_samples),
                          seed=nonnegative("--seed", args.seed), iterations=nonnegative("--iterations", args.iterations),
                          batch_size=positive("--batch-size", pick(args.batch_size,

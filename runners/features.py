@@ -211,16 +211,34 @@ def list_images(folder: Path) -> list[Path]:
                   not p.name.startswith("."))
 
 
+# PIL modes that convert to the config's 8-bit channels without changing a value ('1': bilevel, 'P': a palette of
+# RGB colours; grey into RGB is replicated, as every RGB pipeline reads the odd grayscale file of a photo dataset);
+# any other conversion would change the pixels the FID sees (16-bit values clipped at 255, colour averaged to
+# grey, alpha dropped), so such a file is refused rather than silently converted
+_EXACT_MODES = {1: ("L", "1"), 3: ("RGB", "P", "L", "1")}
+_MODE_WORDS = {"L": "an 8-bit grayscale image", "1": "a bilevel image", "RGB": "an 8-bit RGB image",
+               "P": "a palette image", "RGBA": "an RGB image with alpha", "LA": "a grayscale image with alpha",
+               "I;16": "a 16-bit grayscale image", "I;16B": "a 16-bit grayscale image", "I": "a 32-bit integer image",
+               "F": "a floating-point image", "CMYK": "a CMYK image", "YCbCr": "a YCbCr image"}
+
+
 def read_image(path: Path, channels: int, size: Optional[int] = None) -> np.ndarray:
     """An image file as a CHW uint8 array with ``channels`` channels (1 = grayscale, 3 = RGB); a file that is not a
-    readable image, or not ``size``×``size``, is a DatasetError naming it."""
+    readable image, holds other channels or bit depth (``_EXACT_MODES``), or is not ``size``×``size``, is a
+    DatasetError naming it."""
+    exact = _EXACT_MODES.get(channels)
+    if exact is None:
+        raise DatasetError(f"images have 1 (grayscale) or 3 (RGB) channels, not {channels}")
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(im, dtype=np.uint8)
+            mode = im.mode
+            array = np.asarray(im.convert(exact[0]), dtype=np.uint8) if mode in exact else None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DatasetError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
+    if array is None:
+        raise DatasetError(f"{path} is {_MODE_WORDS.get(mode, f'a {mode} image')}; the config (Dataset.channels "
+                           f"{channels}) needs {_MODE_WORDS[exact[0]]}")
     if size is not None and array.shape[:2] != (size, size):
         raise DatasetError(f"{path} is {array.shape[1]}×{array.shape[0]} pixels; the config's images are "
                            f"{size}×{size}")

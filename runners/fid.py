@@ -226,6 +226,13 @@ def load_stats(path: Path) -> dict:
                          f"{tuple(mu.shape)} and {tuple(sigma.shape)}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise StatsError(f"{path}: mu or sigma holds NaN or infinite values")
+    # a covariance is symmetric with a non-negative diagonal; the tolerance covers float32 storage of one
+    scale = max(float(np.abs(sigma).max()), np.finfo(np.float64).tiny)
+    asymmetry = float(np.abs(sigma - sigma.T).max()) / scale
+    if asymmetry > 1e-5 or float(np.diag(sigma).min()) < -1e-5 * scale:
+        raise StatsError(f"{path}: sigma is not a covariance matrix (" +
+                         (f"asymmetric by {asymmetry:.1e} of its largest entry)" if asymmetry > 1e-5 else
+                          "a negative variance on its diagonal)"))
     try:
         meta = {"extractor": str(data.get("extractor", INCEPTION)), "dims": int(data.get("dims", mu.shape[0])),
                 "num_images": int(data.get("num_images", -1)), "source": str(data.get("source", path)),
@@ -235,6 +242,15 @@ def load_stats(path: Path) -> dict:
     if meta["dims"] != mu.shape[0]:
         raise StatsError(f"{path}: dims={meta['dims']} but mu has {mu.shape[0]} entries")
     return {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64), **meta}
+
+
+def is_stats_file(path) -> bool:
+    """Whether ``path`` holds FID statistics (``load_stats`` reads it)."""
+    try:
+        load_stats(path)
+    except StatsError:
+        return False
+    return True
 
 
 def check_compatible(reference: dict, extractor_name: str, dims: Optional[int] = None,
@@ -266,8 +282,9 @@ def fid_from_stats(stats: FeatureStats, reference: dict, extractor_name: str) ->
         try:
             fid = float(calculate_frechet_distance(mu, sigma, reference["mu"], reference["sigma"]))
         except ValueError as e:  # pytorch-fid: "Imaginary component …" of the covariance product's square root
-            raise StatsError(f"the FID cannot be computed ({e}): the covariances are too degenerate, too few "
-                             f"samples ({stats.count}) for {stats.dims}-d features?") from None
+            why = (f"too few samples ({stats.count}) for {stats.dims}-d features?" if stats.count <= stats.dims else
+                   f"the reference statistics' sigma ({reference['source']}) is not positive semi-definite?")
+            raise StatsError(f"the FID cannot be computed ({e}): the covariances are too degenerate, {why}") from None
     if not np.isfinite(fid):
         raise StatsError(f"the FID came out {fid}: the statistics are degenerate")
     return fid
@@ -295,6 +312,7 @@ def write_fid_json(folder: Path, result: dict) -> None:
     print(f"FID {result['fid']:.4f} ({result['num_samples']} samples, {result['extractor']})", flush=True)
     try:
         write_json_atomic(Path(folder) / "fid.json", result)
-    except OSError as e:
-        raise OutputError(f"could not write {Path(folder) / 'fid.json'} ({e.strerror}); the FID above is "
+    except (OSError, OutputError) as e:
+        why = e.strerror if isinstance(e, OSError) else "a folder of that name is in the way"
+        raise OutputError(f"could not write {Path(folder) / 'fid.json'} ({why}); the FID above is "
                           "not saved") from None

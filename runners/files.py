@@ -48,6 +48,8 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = True, 
     """Call ``write(fh)`` on a temporary file and rename it over ``path``; on any failure the temporary is removed
     and ``path`` keeps its previous content. ``durable`` also fsyncs (checkpoints that must survive a crash)."""
     path = Path(path)
+    if path.is_dir():  # os.replace would fail with a bare IsADirectoryError
+        raise OutputError(f"cannot write {path}: a folder of that name is in the way")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
@@ -141,6 +143,7 @@ class OutputLock:
 
     def __init__(self, lock_file: Path, what: Path):
         self.lock_file, self.what, self.fd = Path(lock_file), Path(what), None
+        self.created: list[Path] = []  # folders acquire made for the lock, removed on release if nothing was written
 
     @classmethod
     def for_folder(cls, folder: Path) -> "OutputLock":
@@ -152,6 +155,10 @@ class OutputLock:
         return cls(path.with_name(f".{path.name}.lock"), path)
 
     def acquire(self) -> "OutputLock":
+        missing = self.lock_file.parent
+        while not missing.exists() and missing != missing.parent:
+            self.created.append(missing)  # deepest first
+            missing = missing.parent
         while True:
             try:
                 self.lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,11 @@ class OutputLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+        if not self.what.exists():  # a run that failed before writing leaves no folders it made behind
+            for folder in self.created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+        self.created = []
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
@@ -232,7 +244,8 @@ def owned_folder(folder: Path, bookkeeping: tuple[str, ...] = ()) -> Iterator[Ow
     except BaseException:
         if not own.keep:
             for name in bookkeeping:
-                (folder / name).unlink(missing_ok=True)
+                if not (folder / name).is_dir():  # a folder in the way is the user's, not this run's
+                    (folder / name).unlink(missing_ok=True)
         raise
     finally:
         lock.release()

@@ -111,13 +111,25 @@ def drop_stale_fid(out_dir: Path, num_samples: int) -> None:
         print(f"removed {path}: it was the FID of {recorded} samples, this run leaves {num_samples}", flush=True)
 
 
+def effective_config(job: SampleJob) -> dict:
+    """The config as this run used it: the file's, with the Sample settings and checkpoint that the command line
+    overrode replaced by the values that ran (a manifest must not show the file's steps for a --steps run)."""
+    s, cfg = job.sampling, job.config
+    ran = {"method": s.method, "steps": s.steps, "convention": s.convention, "total_num": job.num_samples,
+           "seed": job.seed, "batch_size": job.batch_size}
+    if s.eta is not None:
+        ran["eta"] = s.eta
+    return {**cfg, "Sample": {**cfg.get("Sample", {}), **ran},
+            "Model": {**cfg.get("Model", {}), "ckpt": job.model.checkpoint}}
+
+
 def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: str, seconds: float = 0.0) -> None:
     s = job.sampling
     write_json_atomic(out_dir / MANIFEST, {
         "status": status, "identity": job.identity(), "method": s.method, "steps": s.steps,
         "convention": s.convention, "nfe": nfe, "num_samples": job.num_samples, "seed": job.seed,
         "checkpoint": job.model.checkpoint, "checkpoint_sha256": job.model.checkpoint_sha256,
-        "precision": job.model.precision, "seconds": seconds, "config": job.config, "versions": versions(),
+        "precision": job.model.precision, "seconds": seconds, "config": effective_config(job), "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
 

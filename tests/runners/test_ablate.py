@@ -75,7 +75,9 @@ def test_rms_and_noise_floor_equal_independent_computations(tiny, tmp_path, caps
     with torch.no_grad():
         x0 = sample(model, x_T, schedule, "S-PNDM", steps=3)  # standard grid 666, 333, 0 → starts at t = 666
         exact = sample(model, x_T, schedule, "iPNDM@paper", steps=667)  # every integer t from 666 down to 0
-    assert float(row["rms"]) == pytest.approx(float(((x0.double() - exact.double()) ** 2).mean().sqrt()), rel=1e-5)
+    # rel 1e-4: the ablation samples 40 per batch, this check 6, and oneDNN's CPU kernels round differently for
+    # another batch size or thread count (~1e-7 of a pixel, ~1.5e-5 of a distance of 9e-3 with OMP_NUM_THREADS=1)
+    assert float(row["rms"]) == pytest.approx(float(((x0.double() - exact.double()) ** 2).mean().sqrt()), rel=1e-4)
 
     # noise floor: 40 real digits drawn with replacement by torch.randint(seed 0), classifier features, FID
     digits = torch.from_numpy(np.rint(load_digits().images * (255 / 16)).astype(np.uint8))[:, None]

@@ -41,6 +41,11 @@ def env(tmp_path_factory):
     folder_with("garbage_png", lambda p: p.write_bytes(b"not a png at all"))
     folder_with("truncated_png", lambda p: p.write_bytes(p.read_bytes()[:30]))
     folder_with("big_png", lambda p: Image.fromarray(np.zeros((16, 16), np.uint8)).save(p))
+    # pixels a silent conversion would change: 16-bit values clipped at 255, colour averaged to grey
+    folder_with("deep_png", lambda p: Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)).save(p))
+    folder_with("rgb_png", lambda p: Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p))
+    (root / "in_the_way" / "manifest.json").mkdir(parents=True)
+    paths["in_the_way"] = root / "in_the_way"
     (root / "empty").mkdir()
     paths["empty"] = root / "empty"
     unfinished = root / "unfinished"
@@ -58,7 +63,9 @@ def env(tmp_path_factory):
                          "2d_mu": lambda d: d.__setitem__("mu", d["mu"][None]),
                          "square_mismatch": lambda d: d.__setitem__("sigma", d["sigma"][:5, :5]),
                          "string_mu": lambda d: d.__setitem__("mu", np.array(["a"] * 128)),
-                         "no_sigma": lambda d: d.pop("sigma")}.items():
+                         "no_sigma": lambda d: d.pop("sigma"),
+                         "asymmetric_sigma": lambda d: d.__setitem__("sigma", d["sigma"] + np.triu(np.ones((128, 128))))
+                         }.items():
         data = {k: v.copy() for k, v in ref.items()}
         change(data)
         np.savez(root / f"{name}.npz", **data)
@@ -71,6 +78,12 @@ def env(tmp_path_factory):
     sd["conv_out.bias"] = torch.full_like(sd["conv_out.bias"], float("nan"))
     torch.save(sd, root / "nan.pt")
     paths["nan_ckpt"] = root / "nan.pt"
+    weights = torch.load(ckpt, weights_only=True)
+    torch.save({"format": "pndm-train/1", "model": weights, "ema": weights, "step": 1,
+                "config": {"Schedule": {"type": "cosine", "diffusion_step": 1000}}}, root / "cosine_trained.pt")
+    paths["cosine_trained"] = root / "cosine_trained.pt"
+    shutil.copy(ckpt, root / "ckpt_copy.pt")
+    paths["ckpt_copy"] = root / "ckpt_copy.pt"
     return paths
 
 
@@ -89,6 +102,7 @@ A = ["ablate", "--config", "{cfg}", "--device", "cpu", "--out", "{out}", "--num-
      "--methods", "DDIM"]
 F = ["fid", "--config", "{cfg}", "--device", "cpu"]
 T = ["stats", "--config", "{cfg}", "--device", "cpu"]
+G = ["tune-grid", "--config", "{cfg}", "--device", "cpu", "--method", "DDIM", "--nfe", "3", "--out", "{out}"]
 
 CASES = [
     # arguments checked before --out is touched
@@ -132,10 +146,22 @@ CASES = [
          2, "cannot load the digits classifier weights"),
     Case("NaN statistics before sampling", S + ["--fid", "--stats", "{nan_stats}"], 2, "NaN"),
     Case("NaN model leaves nothing", S + ["--ckpt", "{nan_ckpt}"], 2, "non-finite"),
+    Case("checkpoint trained under another schedule", S + ["--ckpt", "{cosine_trained}"], 2,
+         "trained under another noise schedule than the config's (type cosine vs linear"),
+    Case("schedule that leaves no signal", S + ["--set", "Schedule.beta_end=0.7"], 2, "alpha_bar underflows to 0"),
+    Case("statistics without --fid", S + ["--stats", "{nan_stats}"], 2, "--stats is for the FID: add --fid"),
+    Case("manifest's name taken by a folder", S[:-4] + ["--out", "{in_the_way}", "--num-samples", "4"], 2,
+         "a folder of that name is in the way", absent=[], present=["{in_the_way}/manifest.json"]),
     # fid
     Case("fid: garbage PNG", F + ["--samples", "{garbage_png}"], 2, "cannot read image", absent=[]),
     Case("fid: truncated PNG", F + ["--samples", "{truncated_png}"], 2, "cannot read image", absent=[]),
     Case("fid: image of the wrong size", F + ["--samples", "{big_png}"], 2, "is 16×16 pixels", absent=[]),
+    Case("fid: 16-bit PNG", F + ["--samples", "{deep_png}"], 2,
+         "is a 16-bit grayscale image; the config (Dataset.channels 1) needs an 8-bit grayscale image", absent=[]),
+    Case("fid: RGB PNG for a grayscale config", F + ["--samples", "{rgb_png}"], 2, "is an 8-bit RGB image",
+         absent=[]),
+    Case("fid: asymmetric sigma", F + ["--samples", "{done}", "--stats", "{asymmetric_sigma}"], 2,
+         "sigma is not a covariance matrix (asymmetric", absent=[]),
     Case("fid: NaN statistics", F + ["--samples", "{done}", "--stats", "{nan_stats}"], 2, "NaN", absent=[]),
     Case("fid: infinite sigma", F + ["--samples", "{done}", "--stats", "{inf_sigma}"], 2, "NaN or infinite",
          absent=[]),
@@ -160,6 +186,21 @@ CASES = [
     Case("stats: read-only place", T + ["--source", "{done}", "--out", "/sys/kernel/stats.npz"], 2,
          "cannot write to /sys/kernel/stats.npz", absent=[]),
     Case("stats: garbage PNG", T + ["--source", "{garbage_png}", "--out", "{out}"], 2, "cannot read image"),
+    Case("stats: a failed run leaves no folders", T + ["--source", "{garbage_png}", "--out", "{out}/a/b/s.npz"], 2,
+         "cannot read image"),
+    Case("stats: out is a checkpoint", T + ["--source", "{done}", "--out", "{ckpt_copy}"], 2,
+         "exists and is not a statistics file", absent=[], present=["{ckpt_copy}"]),
+    Case("stats: --split with --source", T + ["--source", "{done}", "--split", "train", "--out", "{out}"], 2,
+         "--split names a split of the config's dataset"),
+    # tune-grid
+    Case("tune-grid: --loss with the FID objective", G + ["--objective", "fid", "--loss", "mse"], 2,
+         "--loss is for --objective teacher"),
+    Case("tune-grid: --stats with the teacher objective", G + ["--stats", "{nan_stats}"], 2,
+         "--stats is for --objective fid"),
+    Case("tune-grid: the released convention", G + ["--set", "Sample.convention=official"], 2,
+         "tune-grid learns for the standard convention"),
+    Case("tune-grid: a failed run leaves no folders", G[:-2] + ["--out", "{out}/g.json", "--num-samples", "2"], 2,
+         "too few to split"),
     Case("stats: a split the dataset lacks", T + ["--out", "{out}", "--split", "test"], 2,
          "Dataset DIGITS has no split 'test'"),
     Case("sample: text file as checkpoint", S + ["--ckpt", "{cfg}"], 2, "neither a zip archive nor a pickle"),

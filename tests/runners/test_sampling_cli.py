@@ -38,6 +38,10 @@ def test_sample_writes_exactly_the_requested_files(tiny, tmp_path):
     assert (m["status"], m["method"], m["steps"], m["nfe"], m["num_samples"]) == ("complete", "S-PNDM", 4, 5, 10)
     assert m["checkpoint_sha256"] == sha256_file(ckpt)
     assert m["config"]["Model"]["ch"] == 32 and "torch" in m["versions"]
+    # the recorded config is the one that ran: the flags' values, not the file's (DDIM, 5 steps, 10 samples)
+    assert {k: m["config"]["Sample"][k] for k in ("method", "steps", "total_num")} == \
+        {"method": "S-PNDM", "steps": 4, "total_num": 10}
+    assert m["config"]["Model"]["ckpt"] == str(ckpt)
     assert not list(out.rglob(".*.tmp"))
 
 
