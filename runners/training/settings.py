@@ -65,10 +65,13 @@ def resolve_settings(cfg: dict, max_steps: Optional[int] = None) -> Settings:
     optimizer = str(get(cfg, "Optim", "optimizer", "adam")).lower()
     if optimizer != "adam":
         raise ConfigError(f"Optim.optimizer {optimizer!r}: only 'adam' (the released configs' choice) is supported")
-    batch = get(cfg, "Train", "batch_size") or get(cfg, "Dataset", "batch_size")
+    # Dataset.batch_size only when Train.batch_size is absent: an explicit 0 is a mistake to report, not a
+    # request for the fallback
+    batch_key = "Train.batch_size" if get(cfg, "Train", "batch_size") is not None else "Dataset.batch_size"
+    batch = get(cfg, *batch_key.split("."))
     if batch is None:
         raise ConfigError("config needs Train.batch_size (or Dataset.batch_size): the batch of one process")
-    _nonnegative("batch_size", batch, allow_zero=False)
+    _nonnegative(batch_key, batch, allow_zero=False)
     for key in ("logit_transform", "uniform_dequantization", "gaussian_dequantization"):
         if get(cfg, "Dataset", key, False):
             raise ConfigError(f"Dataset.{key}: true is not supported by this trainer (it trains on x/127.5 − 1)")
@@ -96,11 +99,11 @@ def resolve_settings(cfg: dict, max_steps: Optional[int] = None) -> Settings:
         eps=float(get(cfg, "Optim", "eps", 1e-8)),
         weight_decay=_nonnegative("Optim.weight_decay", float(get(cfg, "Optim", "weight_decay", 0.0))),
         amsgrad=bool(get(cfg, "Optim", "amsgrad", False)),
-        grad_clip=_nonnegative("Optim.grad_clip", float(get(cfg, "Optim", "grad_clip", 0.0) or 0.0)),
-        warmup=_nonnegative("Optim.warmup", int(get(cfg, "Optim", "warmup", 0) or 0)),
+        grad_clip=_nonnegative("Optim.grad_clip", float(get(cfg, "Optim", "grad_clip", 0.0))),
+        warmup=_nonnegative("Optim.warmup", int(get(cfg, "Optim", "warmup", 0))),
         max_steps=steps, epochs=epochs,
         snapshot_freq=_nonnegative("Train.snapshot_freq", get(cfg, "Train", "snapshot_freq", 5000), False),
-        sample_freq=_nonnegative("Train.sample_freq", get(cfg, "Train", "sample_freq", 0) or 0),
+        sample_freq=_nonnegative("Train.sample_freq", get(cfg, "Train", "sample_freq", 0)),
         log_freq=_nonnegative("Train.log_freq", get(cfg, "Train", "log_freq", 50), False),
         random_flip=bool(get(cfg, "Dataset", "random_flip", False)),
         num_workers=_nonnegative("Dataset.num_workers", get(cfg, "Dataset", "num_workers", 0)),

@@ -240,6 +240,21 @@ def test_bad_training_config_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["Train.batch_size=0"], "Train.batch_size"),  # was silently replaced by Dataset.batch_size
+    (["Train.batch_size=-2"], "Train.batch_size"),
+])
+def test_zero_batch_size_is_refused_not_replaced(tmp_path, overrides, key):
+    config = write_config(tmp_path, Dataset={"batch_size": 128})
+    with pytest.raises(UserError, match=rf"^{key} must be ≥ 1"):
+        train(config, tmp_path / "run", 2, overrides=overrides)
+    assert not (tmp_path / "run").exists()
+    # the fallback itself still works when Train.batch_size is absent
+    cfg = load_config(config)
+    del cfg["Train"]["batch_size"]
+    assert resolve_settings(cfg, 2).batch_size == 128
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # subprocesses: torchrun and the command line
 
