@@ -6,6 +6,7 @@ Every failure is a ``ConfigError`` naming the key.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -57,6 +58,35 @@ def _nonnegative(name: str, value, allow_zero: bool = True):
     return value
 
 
+def _within(name: str, value: float, ok: bool, want: str) -> float:
+    """``value`` if it is finite and ``ok``, else a ConfigError naming the key. Finite first: a NaN slips past
+    checks written as ``value < 0``, and an infinite lr or eps is never meant."""
+    if not (math.isfinite(value) and ok):
+        raise ConfigError(f"{name} must be a finite number {want}, got {value}")
+    return value
+
+
+def _optim(cfg: dict) -> dict:
+    """The Optim values, checked against the ranges torch's Adam accepts (β₁ in [0, 1), eps ≥ 0, weight decay
+    ≥ 0) plus lr > 0 and finite everywhere, so that a bad value is one line before anything is written rather
+    than a traceback from the optimiser's constructor (or a NaN loss many steps later). eps = 0 is allowed, as
+    Adam allows it, although a parameter whose gradient is exactly 0 then gets a 0/0 update."""
+    lr = float(get(cfg, "Optim", "lr", 2e-4))
+    beta1 = float(get(cfg, "Optim", "beta1", 0.9))
+    eps = float(get(cfg, "Optim", "eps", 1e-8))
+    decay = float(get(cfg, "Optim", "weight_decay", 0.0))
+    clip = float(get(cfg, "Optim", "grad_clip", 0.0))
+    return {
+        "lr": _within("Optim.lr", lr, lr > 0, "> 0"),
+        "beta1": _within("Optim.beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"),
+        "eps": _within("Optim.eps", eps, eps >= 0, "≥ 0"),
+        "weight_decay": _within("Optim.weight_decay", decay, decay >= 0, "≥ 0"),
+        "grad_clip": _within("Optim.grad_clip", clip, clip >= 0, "≥ 0 (0 = no clipping)"),
+        "warmup": _nonnegative("Optim.warmup", int(get(cfg, "Optim", "warmup", 0))),
+        "amsgrad": bool(get(cfg, "Optim", "amsgrad", False)),
+    }
+
+
 def resolve_settings(cfg: dict, max_steps: Optional[int] = None) -> Settings:
     """Read and check the Train/Optim/Dataset keys training uses (raises ConfigError naming the key)."""
     loss_type = get(cfg, "Train", "loss_type", "linear")
@@ -90,18 +120,9 @@ def resolve_settings(cfg: dict, max_steps: Optional[int] = None) -> Settings:
     if ema and not 0.0 <= rate < 1.0:
         raise ConfigError(f"Train.ema_rate must lie in [0, 1), got {rate}")
     seed = get(cfg, "Train", "seed", 0)
-    lr = get(cfg, "Optim", "lr", 2e-4)
-    if not lr > 0:
-        raise ConfigError(f"Optim.lr must be > 0, got {lr}")
     return Settings(
         seed=_nonnegative("Train.seed", seed), batch_size=int(batch), loss_type=loss_type, ema=bool(ema),
-        ema_rate=float(rate), lr=float(lr), beta1=float(get(cfg, "Optim", "beta1", 0.9)),
-        eps=float(get(cfg, "Optim", "eps", 1e-8)),
-        weight_decay=_nonnegative("Optim.weight_decay", float(get(cfg, "Optim", "weight_decay", 0.0))),
-        amsgrad=bool(get(cfg, "Optim", "amsgrad", False)),
-        grad_clip=_nonnegative("Optim.grad_clip", float(get(cfg, "Optim", "grad_clip", 0.0))),
-        warmup=_nonnegative("Optim.warmup", int(get(cfg, "Optim", "warmup", 0))),
-        max_steps=steps, epochs=epochs,
+        ema_rate=float(rate), **_optim(cfg), max_steps=steps, epochs=epochs,
         snapshot_freq=_nonnegative("Train.snapshot_freq", get(cfg, "Train", "snapshot_freq", 5000), False),
         sample_freq=_nonnegative("Train.sample_freq", get(cfg, "Train", "sample_freq", 0)),
         log_freq=_nonnegative("Train.log_freq", get(cfg, "Train", "log_freq", 50), False),

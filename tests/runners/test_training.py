@@ -255,6 +255,22 @@ def test_zero_batch_size_is_refused_not_replaced(tmp_path, overrides, key):
     assert resolve_settings(cfg, 2).batch_size == 128
 
 
+@pytest.mark.parametrize("override", ["Optim.beta1=1.5", "Optim.beta1=-0.1", "Optim.beta1=1", "Optim.eps=-1",
+                                      "Optim.eps=nan", "Optim.lr=0", "Optim.lr=inf", "Optim.weight_decay=-0.5",
+                                      "Optim.grad_clip=-1", "Optim.grad_clip=nan", "Optim.warmup=-1"])
+def test_bad_optimiser_settings_are_one_line_before_anything_is_written(tmp_path, override, capsys):
+    """Values torch's Adam rejects used to surface as its traceback (exit 1); NaN slipped past ``< 0`` checks."""
+    config = write_config(tmp_path)
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--workdir", str(workdir), "--max-steps", "2", "--device", "cpu",
+            "--threads", "1", "--set", override]
+    assert cli_main.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    key = override.split("=")[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key} must be "), lines
+    assert not workdir.exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # subprocesses: torchrun and the command line
 
