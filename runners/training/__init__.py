@@ -13,7 +13,8 @@ switched on, so two GPU runs — interrupted or not — agree only to rounding. 
 RNG: the caller's RNG state is the same afterwards.
 
 The workdir is owned by one run at a time (``runners.files.owned_folder``); a fresh run is refused only when
-``checkpoints/last.pt`` exists. Layout::
+``checkpoints/last.pt`` exists. A run that fails (diverges, is interrupted, crashes) before writing a checkpoint
+of its own leaves the workdir as it found it: what it wrote is removed, config.yml restored. Layout::
 
     W/config.yml               effective config (the file + --set overrides + resolved Train defaults)
     W/checkpoints/last.pt      everything needed to resume (see ``state``)

@@ -8,6 +8,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from ..config import get, save_config
 from ..distributed import main_owns, session
 from ..errors import ConfigError
+from ..files import write_atomic
 from ..jobs import TrainJob
 from ..setup import schedule_of
 from .data import epoch_loader, to_model_space, training_dataset
@@ -63,14 +65,56 @@ def run_training(job: TrainJob) -> dict:
                     "to train further)")
                 return _summary(train, [], workdir)
         with contextlib.ExitStack() as stack:
+            before = None  # the workdir as this run found it (main process only)
+
             def start(own) -> None:
+                nonlocal before
                 found.check_unchanged()
+                before = WorkdirBefore.take(workdir)
                 save_config(plan.config, workdir / CONFIG)
 
             own = main_owns(dist, stack, workdir, (CONFIG,), start)
-            own.keep = train.saved_at is not None  # a resumed run's folder is worth keeping from the start
-            history = _train(job, plan, train, dist, own, say)
+            resumed_at = train.saved_at
+            own.keep = resumed_at is not None  # a resumed run's folder is worth keeping from the start
+            try:
+                history = _train(job, plan, train, dist, own, say)
+            except BaseException:
+                if before is not None and train.saved_at == resumed_at:  # failed before its first checkpoint
+                    before.put_back(workdir)
+                    own.keep = resumed_at is not None  # a fresh run's folder holds nothing again: owned_folder
+                    # removes it if it made it
+                raise
     return _summary(train, history, workdir)
+
+
+@dataclass(frozen=True)
+class WorkdirBefore:
+    """The workdir's files when this run took it, and its config.yml. A run that fails (diverges, is interrupted,
+    crashes) before writing a checkpoint of its own leaves nothing worth keeping, so it puts the folder back: its
+    TensorBoard events, sample grids and config go, and a resumed run's earlier files stay as they were."""
+
+    files: frozenset  # paths relative to the workdir
+    config: Optional[bytes]
+
+    @classmethod
+    def take(cls, workdir: Path) -> "WorkdirBefore":
+        config = workdir / CONFIG
+        return cls(frozenset(p.relative_to(workdir) for p in workdir.rglob("*")),
+                   config.read_bytes() if config.is_file() else None)
+
+    def put_back(self, workdir: Path) -> None:
+        """Remove what appeared since ``take`` (only the owner of the workdir calls this, so that is this run's
+        own output) and restore config.yml."""
+        for path in sorted(workdir.rglob("*"), reverse=True):  # deepest first, so folders are empty in turn
+            if path.relative_to(workdir) in self.files:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        if self.config is not None:
+            write_atomic(workdir / CONFIG, lambda fh: fh.write(self.config))
 
 
 def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int) -> RunPlan:

@@ -24,7 +24,7 @@ from runners.config import load_config
 from runners.errors import UserError
 from runners.files import OutputLock, save_torch_atomic
 from runners.jobs import TrainJob
-from runners.training import (CHECKPOINT_FORMAT, LAST, NoCheckpointError, ResumeError, diffusion_loss,
+from runners.training import (CHECKPOINT_FORMAT, LAST, DivergedError, NoCheckpointError, ResumeError, diffusion_loss,
                               epoch_permutation, load_checkpoint, lr_at, rank_batches, resolve_settings, run_training)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,6 +269,57 @@ def test_bad_optimiser_settings_are_one_line_before_anything_is_written(tmp_path
     key = override.split("=")[0]
     assert len(lines) == 1 and lines[0].startswith(f"error: {key} must be "), lines
     assert not workdir.exists()
+
+
+def files_in(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def nan_loss_after(n: int):
+    """A ``loop.diffusion_loss`` that turns NaN from its (n+1)-th call on: a run diverging at a chosen step."""
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value = diffusion_loss(*args, **kwargs)
+        return value * float("nan") if calls["n"] > n else value
+
+    return loss
+
+
+def test_failure_before_the_first_checkpoint_leaves_the_workdir_as_found(tmp_path, monkeypatch):
+    """A run used to leave its TensorBoard events and sample grids behind when it failed before its first
+    checkpoint; a resumed one also its rewritten config.yml."""
+    from runners.training import loop
+
+    config = write_config(tmp_path, Train={"snapshot_freq": 10, "sample_freq": 1, "log_freq": 1})
+    # Optim.eps=0: Adam divides 0 by 0 for a parameter without gradient, and the loss is NaN by step 2
+    with pytest.raises(DivergedError, match="no checkpoint was written"):
+        train(config, tmp_path / "new", 5, overrides=["Optim.eps=0"])
+    assert not (tmp_path / "new").exists()
+    # a folder that held something else keeps exactly that, and nothing of the run (grids of steps 1 and 2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    monkeypatch.setattr(loop, "diffusion_loss", nan_loss_after(2))
+    with pytest.raises(DivergedError, match="by step 3"):
+        train(config, mine, 5)
+    assert files_in(mine) == {"notes.txt": b"mine"}
+    # a resumed run that fails before its own first checkpoint leaves everything the run had, byte for byte
+    monkeypatch.undo()
+    workdir = tmp_path / "run"
+    train(config, workdir, 2, overrides=["Train.snapshot_freq=2"])
+    had = files_in(workdir)
+    assert any(name.startswith("tensorboard/") for name in had) and "samples/step_0000002.png" in had
+    monkeypatch.setattr(loop, "diffusion_loss", nan_loss_after(1))  # a grid at step 3, NaN at step 4
+    with pytest.raises(DivergedError, match=r"by step 4; the last checkpoint \(step 2\)"):
+        train(config, workdir, 10, resume=True, overrides=["Optim.lr=0.01"])
+    assert files_in(workdir) == had
+    # after a checkpoint of its own, a failing run keeps what it wrote
+    monkeypatch.setattr(loop, "diffusion_loss", nan_loss_after(3))
+    with pytest.raises(DivergedError, match=r"the last checkpoint \(step 4\)"):
+        train(config, workdir, 10, resume=True, overrides=["Train.snapshot_freq=2"])
+    assert last(workdir)["step"] == 4 and (workdir / "samples" / "step_0000005.png").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------
