@@ -16,7 +16,9 @@ The workdir is owned by one run at a time (``runners.files.owned_folder``); a fr
 ``checkpoints/last.pt`` exists. A run that fails (diverges, is interrupted, crashes) before writing a checkpoint
 of its own leaves the workdir as it found it: what it wrote is removed, config.yml restored. Layout::
 
-    W/config.yml               effective config (the file + --set overrides + resolved Train defaults)
+    W/config.yml               effective config the run started with (the file + --set overrides + resolved
+                               Train defaults); settings a --resume changed are listed in comments above it,
+                               each with the step it took effect from (also in last.pt's 'resumes')
     W/checkpoints/last.pt      everything needed to resume (see ``state``)
     W/checkpoints/ema.pt       EMA weights as a plain state dict (what ``main.py sample --ckpt`` wants)
     W/tensorboard/             train/loss, train/lr, train/grad_norm, samples/ema (DDIM grid)
@@ -28,13 +30,15 @@ order), ``loss``, ``rng`` (the random streams), ``preview`` (sample grids), ``lo
 from .data import epoch_loader, epoch_permutation, rank_batches, to_model_space, training_dataset
 from .loop import CONFIG, run_training
 from .loss import diffusion_loss, lr_at, step_draws
-from .settings import Settings, check_model_config, config_changes, effective_config, resolve_settings
+from .settings import (ConfigRecord, Settings, check_model_config, config_changes, effective_config,
+                       resolve_settings)
 from .state import (CHECKPOINT_FORMAT, CHECKPOINTS, EMA_FILE, LAST, DivergedError, NoCheckpointError, ResumeError,
                     TrainState, WorkdirCheckpoint, checkpoint_state, load_checkpoint)
 
 __all__ = [
-    "run_training", "resolve_settings", "Settings", "check_model_config", "effective_config", "config_changes",
-    "TrainState", "WorkdirCheckpoint", "checkpoint_state", "load_checkpoint", "CHECKPOINT_FORMAT", "CHECKPOINTS",
-    "LAST", "EMA_FILE", "CONFIG", "ResumeError", "NoCheckpointError", "DivergedError", "diffusion_loss", "lr_at",
-    "step_draws", "epoch_permutation", "rank_batches", "epoch_loader", "to_model_space", "training_dataset",
+    "run_training", "resolve_settings", "Settings", "ConfigRecord", "check_model_config", "effective_config",
+    "config_changes", "TrainState", "WorkdirCheckpoint", "checkpoint_state", "load_checkpoint", "CHECKPOINT_FORMAT",
+    "CHECKPOINTS", "LAST", "EMA_FILE", "CONFIG", "ResumeError", "NoCheckpointError", "DivergedError",
+    "diffusion_loss", "lr_at", "step_draws", "epoch_permutation", "rank_batches", "epoch_loader", "to_model_space",
+    "training_dataset",
 ]

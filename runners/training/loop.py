@@ -15,17 +15,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import get, save_config
+from ..config import get
 from ..distributed import main_owns, session
 from ..errors import ConfigError
-from ..files import write_atomic
+from ..files import write_atomic, write_text_atomic
 from ..jobs import TrainJob
 from ..setup import schedule_of
 from .data import epoch_loader, to_model_space, training_dataset
 from .loss import diffusion_loss, lr_at, step_draws
 from .preview import SampleGrid, write_grid
 from .rng import forked, seed_step, step_generator
-from .settings import Settings, check_model_config, effective_config
+from .settings import ConfigRecord, Settings, check_model_config, effective_config
 from .state import CHECKPOINTS, EMA_FILE, LAST, DivergedError, TrainState, WorkdirCheckpoint
 
 CONFIG = "config.yml"
@@ -41,7 +41,7 @@ class RunPlan:
     per_step: int  # images per optimiser step, all ranks together
     steps_per_epoch: int
     total: int  # the step to stop at
-    config: dict  # the effective config (W/config.yml, and the checkpoint's)
+    config: dict  # the effective config this run trains with (what W/config.yml records: ``ConfigRecord``)
 
 
 def run_training(job: TrainJob) -> dict:
@@ -57,8 +57,10 @@ def run_training(job: TrainJob) -> dict:
         say = functools.partial(_say, dist)
         plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world)
         train = TrainState.create(cfg, s, dist.device, dist.rank)
+        record = ConfigRecord(plan.config)
         if found.state is not None:
             train.restore(found.state, cfg=plan.config, settings=s, dist=dist, say=say)
+            record = ConfigRecord.of_checkpoint(found.state).resumed(plan.config, train.step)
             train.next_epoch_if_used_up(plan.per_step, len(dataset))  # the batch or world size changed
             if train.step >= plan.total:
                 say(f"{workdir} is already at step {train.step} of {plan.total}: nothing to do (raise --max-steps "
@@ -71,13 +73,13 @@ def run_training(job: TrainJob) -> dict:
                 nonlocal before
                 found.check_unchanged()
                 before = WorkdirBefore.take(workdir)
-                save_config(plan.config, workdir / CONFIG)
+                write_text_atomic(workdir / CONFIG, record.as_yaml())
 
             own = main_owns(dist, stack, workdir, (CONFIG,), start)
             resumed_at = train.saved_at
             own.keep = resumed_at is not None  # a resumed run's folder is worth keeping from the start
             try:
-                history = _train(job, plan, train, dist, own, say)
+                history = _train(job, plan, record, train, dist, own, say)
             except BaseException:
                 if before is not None and train.saved_at == resumed_at:  # failed before its first checkpoint
                     before.put_back(workdir)
@@ -127,8 +129,10 @@ def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, worl
     return RunPlan(dataset, schedule, shape, per_step, steps_per_epoch, total, effective_config(cfg, s, total))
 
 
-def _train(job: TrainJob, plan: RunPlan, train: TrainState, dist, own, say) -> list[tuple[int, float]]:
-    """The optimiser steps from ``train.step`` to ``plan.total``; the logged (step, loss) pairs."""
+def _train(job: TrainJob, plan: RunPlan, record: ConfigRecord, train: TrainState, dist, own,
+           say) -> list[tuple[int, float]]:
+    """The optimiser steps from ``train.step`` to ``plan.total``; the logged (step, loss) pairs. Checkpoints carry
+    ``record``."""
     s, device, workdir = job.settings, dist.device, Path(job.workdir)
     net = train.model
     if dist.world > 1:
@@ -151,7 +155,7 @@ def _train(job: TrainJob, plan: RunPlan, train: TrainState, dist, own, say) -> l
                 monitor.log(train, loss, lr, grad_norm)
                 if train.step % s.snapshot_freq == 0 or train.step == plan.total:
                     own.keep = True
-                    train.save(workdir / CHECKPOINTS, settings=s, cfg=plan.config, dist=dist)
+                    train.save(workdir / CHECKPOINTS, settings=s, record=record, dist=dist)
                 monitor.preview(train)
                 if train.step >= plan.total:
                     break
@@ -162,7 +166,7 @@ def _train(job: TrainJob, plan: RunPlan, train: TrainState, dist, own, say) -> l
         monitor.close()
     if train.saved_at != train.step:
         own.keep = True
-        train.save(workdir / CHECKPOINTS, settings=s, cfg=plan.config, dist=dist)
+        train.save(workdir / CHECKPOINTS, settings=s, record=record, dist=dist)
     dist.barrier()
     note = f"; EMA weights: {workdir / CHECKPOINTS / EMA_FILE}" if train.ema is not None else ""
     say(f"done at step {train.step} (epoch {train.epoch}); checkpoint {workdir / CHECKPOINTS / LAST}{note}")

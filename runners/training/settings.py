@@ -1,5 +1,6 @@
 """What training reads from the config, checked once: ``Settings`` (Train/Optim/Dataset values with defaults
-filled in), the model's shape, the config recorded in the workdir, and which config changes break a resume.
+filled in), the model's shape, the config recorded in the workdir (``ConfigRecord``: the settings a run started
+with and what each --resume changed), and which config changes break a resume.
 
 Every failure is a ``ConfigError`` naming the key.
 """
@@ -9,6 +10,8 @@ import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
+
+import yaml
 
 from ..config import get
 from ..errors import ConfigError
@@ -171,3 +174,58 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
             if a.get(key) != b.get(key):
                 changes.append((f"{section}.{key}", a.get(key), b.get(key)))
     return changes
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    """What a run records of its config (W/config.yml, and the checkpoint's 'config' and 'resumes'): the config it
+    started with, and every --resume that changed a setting which shapes the trajectory, with the step the change
+    took effect from, so that a changed lr is not recorded as the whole run's. Run length, logging and paths
+    (``RESUME_FREE``) are not history: the record holds the latest run's."""
+
+    config: dict  # the effective config the run started with
+    # ({"step": N, "changes": {"Section.key": [old, new]}}, …), oldest first; N is the step the run resumed at, so
+    # the change holds for the optimiser steps after N
+    resumes: tuple = ()
+
+    @classmethod
+    def of_checkpoint(cls, state: dict) -> "ConfigRecord":
+        return cls(state.get("config") or {}, tuple(state.get("resumes") or ()))
+
+    def current(self) -> dict:
+        """The config the run trains with now: ``config`` with every recorded change applied in order."""
+        out = copy.deepcopy(self.config)
+        for resume in self.resumes:
+            for key, (_, new) in resume["changes"].items():
+                _set_key(out, key, new)
+        return out
+
+    def resumed(self, cfg: dict, step: int) -> "ConfigRecord":
+        """The record once a run resumed at ``step`` trains with the effective config ``cfg``."""
+        started = copy.deepcopy(cfg)
+        for key, first, _ in config_changes(self.config, cfg):
+            _set_key(started, key, first)
+        changes = config_changes(self.current(), cfg)
+        if not changes:
+            return ConfigRecord(started, self.resumes)
+        resume = {"step": int(step), "changes": {key: [old, new] for key, old, new in changes}}
+        return ConfigRecord(started, (*self.resumes, resume))
+
+    def as_yaml(self) -> str:
+        """W/config.yml: the config the run started with, which loads as a config as it is; the resumes that
+        changed it are comments above it, because a config has no key for history."""
+        notes = [f"#   from step {r['step']}: " + "; ".join(f"{key} {old!r} → {new!r}"
+                                                          for key, (old, new) in r["changes"].items())
+                 for r in self.resumes]
+        header = ("# --resume changed settings of this run (also recorded in checkpoints/last.pt under 'resumes');\n"
+                  "# the values below are the ones it started with:\n" + "\n".join(notes) + "\n") if notes else ""
+        return header + yaml.safe_dump(self.config, sort_keys=False)
+
+
+def _set_key(cfg: dict, key: str, value) -> None:
+    """Set ``Section.key`` in ``cfg``; None (as ``config_changes`` reports a missing key) removes it."""
+    section, name = key.split(".", 1)
+    if value is None:
+        (cfg.get(section) or {}).pop(name, None)
+    else:
+        cfg.setdefault(section, {})[name] = copy.deepcopy(value)

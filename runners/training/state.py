@@ -2,9 +2,10 @@
 
 Checkpoint format ``pndm-train/1`` (``W/checkpoints/last.pt``): the weights, the EMA, the optimiser state, the
 step, the epoch and the position in that epoch's permutation, the batch and world size, the state of each rank's
-dropout stream (see ``rng``), the effective config and the versions. Only tensors, numbers, strings and
-containers, so it loads with ``torch.load(weights_only=True)``; ``models.load_model`` reads its 'ema' (else
-'model') entry. ``W/checkpoints/ema.pt`` holds the EMA weights alone as a plain state dict.
+dropout stream (see ``rng``), the effective config the run started with and the settings each --resume changed
+('config', 'resumes': ``settings.ConfigRecord``), and the versions. Only tensors, numbers, strings and containers,
+so it loads with ``torch.load(weights_only=True)``; ``models.load_model`` reads its 'ema' (else 'model') entry.
+``W/checkpoints/ema.pt`` holds the EMA weights alone as a plain state dict.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..errors import ConfigError, MissingFileError, UserError
 from ..files import save_torch_atomic
 from ..seeds import derive_seed
 from .rng import INIT, global_state, seed_dropout, seed_global, set_global_state
-from .settings import RESUME_FIXED_SECTIONS, Settings, config_changes
+from .settings import RESUME_FIXED_SECTIONS, ConfigRecord, Settings, config_changes
 
 CHECKPOINT_FORMAT = "pndm-train/1"
 CHECKPOINTS, LAST, EMA_FILE = "checkpoints", "last.pt", "ema.pt"
@@ -85,14 +86,14 @@ class TrainState:
         if self.position + per_step > n:
             self.epoch, self.position = self.epoch + 1, 0
 
-    def save(self, folder: Path, *, settings: Settings, cfg: dict, dist) -> None:
+    def save(self, folder: Path, *, settings: Settings, record: ConfigRecord, dist) -> None:
         """Write last.pt (and ema.pt) atomically. Every rank calls it (their dropout streams are gathered); only
         rank 0 writes."""
         streams = _gather(global_state(dist.device), dist)
         if not dist.is_main:
             self.saved_at = self.step
             return
-        state = checkpoint_state(self, settings=settings, world=dist.world, cfg=cfg, streams=streams)
+        state = checkpoint_state(self, settings=settings, world=dist.world, record=record, streams=streams)
         save_torch_atomic(state, Path(folder) / LAST)
         self.saved_at = self.step  # before ema.pt: an interruption now is reported with this checkpoint
         if "ema" in state:
@@ -100,15 +101,17 @@ class TrainState:
 
     def restore(self, state: dict, *, cfg: dict, settings: Settings, dist, say: Callable[[str], None]) -> None:
         """Continue from a checkpoint: weights, EMA, optimiser, position and this rank's dropout stream. A changed
-        Model/Schedule is refused; other trajectory-changing differences are reported."""
-        changes = config_changes(state.get("config") or {}, cfg)
+        Model/Schedule is refused; other trajectory-changing differences from the settings the run trained with
+        last are reported."""
+        changes = config_changes(ConfigRecord.of_checkpoint(state).current(), cfg)
         fixed = [c for c in changes if c[0].split(".")[0] in RESUME_FIXED_SECTIONS]
         if fixed:
             shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, a, b in fixed[:4])
             raise ResumeError(f"the config's Model/Schedule differ from the checkpoint's ({shown}); resume with "
                               "the run's own config, which is saved as config.yml in the workdir")
         for key, a, b in changes:
-            say(f"resume: {key} changed {a!r} → {b!r} (the run will not match an uninterrupted one)")
+            say(f"resume: {key} changed {a!r} → {b!r} from step {state.get('step')} (recorded in config.yml; the run "
+                "will not match an uninterrupted one)")
         data = state.get("data") or {}
         same_layout = (data.get("batch_size"), data.get("world_size")) == (settings.batch_size, dist.world)
         if not same_layout:
@@ -138,7 +141,7 @@ class TrainState:
         self.saved_at = self.step
 
 
-def checkpoint_state(train: TrainState, *, settings: Settings, world: int, cfg: dict,
+def checkpoint_state(train: TrainState, *, settings: Settings, world: int, record: ConfigRecord,
                      streams: Optional[list] = None) -> dict:
     """The contents of last.pt (see the module docstring); ``streams``: each rank's ``rng.global_state``."""
     from models.ema import unwrap
@@ -152,7 +155,8 @@ def checkpoint_state(train: TrainState, *, settings: Settings, world: int, cfg: 
         "position": train.position,
         "data": {"seed": settings.seed, "batch_size": settings.batch_size, "world_size": world},
         "rng": {"ranks": list(streams or [])},
-        "config": cfg,
+        "config": record.config,
+        "resumes": [dict(r) for r in record.resumes],
         "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
     }
     if train.ema is not None:

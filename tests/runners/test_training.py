@@ -176,6 +176,42 @@ def test_resume_is_bit_exact(straight, tmp_path):
         assert_same_tensors(pa, pb, "Adam state")
 
 
+def test_resume_with_changed_settings_records_them_from_their_step(tmp_path, capsys):
+    """--resume --set Optim.lr=… used to rewrite config.yml and the checkpoint's config with the new lr, as if the
+    whole run had used it. The record keeps the settings the run started with and each change with its step."""
+    config = write_config(tmp_path, Train={"snapshot_freq": 2, "sample_freq": 0, "log_freq": 2},
+                          Optim={"warmup": 0})
+    workdir = tmp_path / "run"
+    train(config, workdir, 2)
+    first = (workdir / "config.yml").read_text()
+    train(config, workdir, 4, resume=True, overrides=["Optim.lr=0.01"])
+    assert "resume: Optim.lr changed 0.001 → 0.01 from step 2" in capsys.readouterr().err
+    change = {"step": 2, "changes": {"Optim.lr": [0.001, 0.01]}}
+    state = last(workdir)
+    assert state["config"]["Optim"]["lr"] == 0.001 and state["resumes"] == [change]
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.01  # and the run did train with the new lr
+    assert state["config"]["Train"]["max_steps"] == 4  # the run length is the latest, not history
+    text = (workdir / "config.yml").read_text()
+    assert "#   from step 2: Optim.lr 0.001 → 0.01" in text
+    recorded = load_config(workdir / "config.yml")  # still a config that loads
+    assert recorded["Optim"]["lr"] == 0.001 and recorded == state["config"]
+    # resuming with the same change again is no new change; resuming with the recorded file is one back
+    train(config, workdir, 6, resume=True, overrides=["Optim.lr=0.01"])
+    assert "resume: " not in capsys.readouterr().err and last(workdir)["resumes"] == [change]
+    train(workdir / "config.yml", workdir, 8, resume=True)
+    assert "resume: Optim.lr changed 0.01 → 0.001 from step 6" in capsys.readouterr().err
+    state = last(workdir)
+    assert state["resumes"] == [change, {"step": 6, "changes": {"Optim.lr": [0.01, 0.001]}}]
+    assert state["config"]["Optim"]["lr"] == 0.001
+    # a run resumed with its own settings records no resume: config.yml is the fresh run's but for the run length
+    assert (workdir / "config.yml").read_text().count("#   from step") == 2
+    other = tmp_path / "same"
+    train(config, other, 2)
+    train(config, other, 4, resume=True)
+    assert last(other)["resumes"] == [] and (other / "config.yml").read_text() == first.replace(
+        "max_steps: 2", "max_steps: 4")
+
+
 def test_checkpoints_load_as_ema_weights(straight):
     config, workdir, _ = straight
     cfg = load_config(config)
