@@ -212,14 +212,16 @@ class ConfigRecord:
         return ConfigRecord(started, (*self.resumes, resume))
 
     def as_yaml(self) -> str:
-        """W/config.yml: the config the run started with, which loads as a config as it is; the resumes that
-        changed it are comments above it, because a config has no key for history."""
+        """W/config.yml: the config the run trains with now (``current``), which loads as a config as it is, so
+        that resuming with it continues as the run last trained; the resumes that changed it, with the values
+        the run started with, are comments above it, because a config has no key for history."""
         notes = [f"#   from step {r['step']}: " + "; ".join(f"{key} {old!r} → {new!r}"
                                                           for key, (old, new) in r["changes"].items())
                  for r in self.resumes]
-        header = ("# --resume changed settings of this run (also recorded in checkpoints/last.pt under 'resumes');\n"
-                  "# the values below are the ones it started with:\n" + "\n".join(notes) + "\n") if notes else ""
-        return header + yaml.safe_dump(self.config, sort_keys=False)
+        header = ("# --resume changed settings of this run (also recorded in checkpoints/last.pt under 'resumes',\n"
+                  "# next to the config it started with); the values below are the ones it trains with now:\n" +
+                  "\n".join(notes) + "\n") if notes else ""
+        return header + yaml.safe_dump(self.current(), sort_keys=False)
 
 
 def _set_key(cfg: dict, key: str, value) -> None:

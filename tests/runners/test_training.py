@@ -24,8 +24,9 @@ from runners.config import load_config
 from runners.errors import UserError
 from runners.files import OutputLock, save_torch_atomic
 from runners.jobs import TrainJob
-from runners.training import (CHECKPOINT_FORMAT, LAST, DivergedError, NoCheckpointError, ResumeError, diffusion_loss,
-                              epoch_permutation, load_checkpoint, lr_at, rank_batches, resolve_settings, run_training)
+from runners.training import (CHECKPOINT_FORMAT, LAST, ConfigRecord, DivergedError, NoCheckpointError, ResumeError,
+                              diffusion_loss, epoch_permutation, load_checkpoint, lr_at, rank_batches, resolve_settings,
+                              run_training)
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 64  # 1797 digits → 28 steps per epoch, so a 40-step run crosses an epoch boundary
@@ -193,18 +194,21 @@ def test_resume_with_changed_settings_records_them_from_their_step(tmp_path, cap
     assert state["config"]["Train"]["max_steps"] == 4  # the run length is the latest, not history
     text = (workdir / "config.yml").read_text()
     assert "#   from step 2: Optim.lr 0.001 → 0.01" in text
-    recorded = load_config(workdir / "config.yml")  # still a config that loads
-    assert recorded["Optim"]["lr"] == 0.001 and recorded == state["config"]
-    # resuming with the same change again is no new change; resuming with the recorded file is one back
+    recorded = load_config(workdir / "config.yml")  # still a config that loads: the settings the run has now
+    assert recorded["Optim"]["lr"] == 0.01 and recorded == ConfigRecord.of_checkpoint(state).current()
+    # resuming with the same change again, or with the recorded file, is no new change
     train(config, workdir, 6, resume=True, overrides=["Optim.lr=0.01"])
     assert "resume: " not in capsys.readouterr().err and last(workdir)["resumes"] == [change]
     train(workdir / "config.yml", workdir, 8, resume=True)
-    assert "resume: Optim.lr changed 0.01 → 0.001 from step 6" in capsys.readouterr().err
+    assert "resume: " not in capsys.readouterr().err and last(workdir)["resumes"] == [change]
+    # going back is a change of its own
+    train(config, workdir, 10, resume=True)
+    assert "resume: Optim.lr changed 0.01 → 0.001 from step 8" in capsys.readouterr().err
     state = last(workdir)
-    assert state["resumes"] == [change, {"step": 6, "changes": {"Optim.lr": [0.01, 0.001]}}]
+    assert state["resumes"] == [change, {"step": 8, "changes": {"Optim.lr": [0.01, 0.001]}}]
     assert state["config"]["Optim"]["lr"] == 0.001
-    # a run resumed with its own settings records no resume: config.yml is the fresh run's but for the run length
     assert (workdir / "config.yml").read_text().count("#   from step") == 2
+    # a run resumed with its own settings records no resume: config.yml is the fresh run's but for the run length
     other = tmp_path / "same"
     train(config, other, 2)
     train(config, other, 4, resume=True)
