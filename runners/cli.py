@@ -346,7 +346,7 @@ def tune_job(args) -> TuneJob:
 def tune_solver_job(args) -> TuneSolverJob:
     from samplers import get_method
     from samplers.learned import BASE
-    from samplers.tuning import steps_for_nfe, tunable_method
+    from samplers.tuning import held_out_count, steps_for_nfe, tunable_method
 
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
@@ -365,6 +365,10 @@ def tune_solver_job(args) -> TuneSolverJob:
     if not 2 <= holdout <= num_samples - 2:
         raise ArgumentError(f"--holdout {holdout} must leave at least 2 of the --num-samples {num_samples} noises "
                             f"on each side")
+    try:  # the grid the solver starts from is tuned on the same noises, split by tune_timesteps' own rule
+        held_out_count(num_samples)
+    except ValueError as e:
+        raise ArgumentError(f"--num-samples {num_samples}: {e}") from None
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)

@@ -41,6 +41,14 @@ def _mean_sd(values):
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _nfe_of(rs: list) -> str:
+    """A cell's NFE over its seeds: one number, or the mean and range where an adaptive solver's NFE varied."""
+    nfes = [r["nfe"] for r in rs]
+    if min(nfes) == max(nfes):
+        return str(nfes[0])
+    return f"{np.mean(nfes):.0f}, {min(nfes)}–{max(nfes)}"
+
+
 def results_markdown(rows: list, floors=()) -> str:
     cells = _group(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -61,7 +69,7 @@ def results_markdown(rows: list, floors=()) -> str:
         if not rs:
             return ""
         mean, sd = _mean_sd([r["fid"] for r in rs])
-        return f"{mean:.2f} ± {sd:.2f} ({rs[0]['nfe']})" if len(rs) > 1 else f"{mean:.2f} ({rs[0]['nfe']})"
+        return f"{mean:.2f} ± {sd:.2f} ({_nfe_of(rs)})" if len(rs) > 1 else f"{mean:.2f} ({_nfe_of(rs)})"
 
     def gap_cell(m, s):
         rs, base = cells.get((m, s)), cells.get(("DDIM", s))
@@ -87,7 +95,8 @@ def results_markdown(rows: list, floors=()) -> str:
                  + (f" ± {sd:.2f}" if len(floors) > 1 else "") + " against the same statistics.\n\n")
     return (head + table("FID (NFE)", fid_cell) + "\n" +
             table("Paired FID gap to DDIM at the same steps (negative = better than DDIM)", gap_cell) + "\n" +
-            table("RMS distance to the high-accuracy ODE solution from the same noise ([-1, 1] pixel units)",
+            table("RMS distance to the high-accuracy ODE solution from the same noise ([-1, 1] pixel units; — for "
+                  "stochastic methods and the released code's convention, which ends at ā[0], not the data)",
                   rms_cell))
 
 
@@ -100,8 +109,11 @@ def plot_results(rows: list, path: Path) -> None:
     cells = _group(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in dict.fromkeys(r["method"] for r in rows):
-        keys = sorted((k for k in cells if k[0] == m), key=lambda k: cells[k][0]["nfe"])
-        nfe = [cells[k][0]["nfe"] for k in keys]
+        def mean_nfe(k):  # an adaptive solver's NFE differs between seeds
+            return float(np.mean([r["nfe"] for r in cells[k]]))
+
+        keys = sorted((k for k in cells if k[0] == m), key=mean_nfe)
+        nfe = [mean_nfe(k) for k in keys]
         for ax, field in zip(axes, ("fid", "rms")):
             stats = [_mean_sd([r[field] for r in cells[k]]) for k in keys]
             if all(math.isnan(s[0]) for s in stats):
@@ -129,7 +141,12 @@ def plot_results(rows: list, path: Path) -> None:
 def _log_tensorboard(out: Path, rows: list) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(out / "tensorboard")) as w:
+    # the log is rewritten like results.csv: events of earlier runs would show stale numbers at the same steps
+    folder = out / "tensorboard"
+    if folder.is_dir():
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+    with SummaryWriter(str(folder)) as w:
         for r in rows:
             tag = f"{r['method']}/seed{r['seed']}"
             w.add_scalar(f"fid/{tag}", r["fid"], global_step=r["nfe"])

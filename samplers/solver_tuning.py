@@ -21,7 +21,7 @@ from .grids import as_int
 from .learned import BASE, LearnedSolver, learned_engine
 from .schedule import NoiseSchedule
 from .tuning import LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, check_noise_and_reference, \
-    steps_for_nfe, teacher_solve, tensor_grid, tune_timesteps
+    held_out_count, steps_for_nfe, teacher_solve, tensor_grid, tune_timesteps
 
 # When the first held-out evaluation is worse than the start, the learning rates are too large for the size of the
 # errors (a step of Adam moves every coefficient by ~lr whatever its gradient: at a teacher distance of 1e-3, as
@@ -155,6 +155,8 @@ def learn_solver(
     if not (0 < lr < math.inf and 0 < grid_lr < math.inf):
         raise ValueError(f"need lr > 0 and grid_lr > 0, got {lr} and {grid_lr}")
     check_noise_and_reference(x_T, reference)
+    if grid is None:  # tune_timesteps splits the same noises by its own rule: fail now, not after the teacher
+        held_out_count(x_T.shape[0])
     if grid is not None:
         grid = [float(t) for t in grid]
         LearnedSolver.start(grid)  # its form: decreasing, ending at −1

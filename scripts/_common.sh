@@ -3,12 +3,15 @@
 # pndm_usage SCRIPT: print the script's header comment (its usage).
 pndm_usage() { sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$1"; }
 
+# pndm_python: the interpreter, from the repository root: the project's venv when there is one, else python.
+pndm_python() { if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python; fi; }
+
 # pndm_run SUBCOMMAND ARGS…: main.py from the repository root with the project's venv, under torchrun when
 # NPROC > 1, with --device "$DEVICE" when DEVICE is set (a later --device in ARGS wins).
 pndm_run() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
-  local py=python
-  [ -x .venv/bin/python ] && py=.venv/bin/python
+  local py
+  py=$(pndm_python)
   local launch=("$py")
   [ "${NPROC:-1}" -gt 1 ] && launch=("$py" -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
   local sub=$1

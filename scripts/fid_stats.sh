@@ -14,8 +14,9 @@ shift
 out=
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out=$(pndm_abs "$1"); shift; fi
 if [ -z "$out" ]; then
-  out=$(cd "$(dirname "$0")/.." && .venv/bin/python -c "from runners.config import load_config, get
-print(get(load_config('$config'), 'FID', 'stats', required=True))" 2>/dev/null || true)
+  # the config's FID.stats, read with the interpreter pndm_run will use; a failure shows its own error
+  out=$(cd "$(dirname "$0")/.." && "$(pndm_python)" -c "from runners.config import load_config, get
+print(get(load_config('$config'), 'FID', 'stats') or '')")
   [ -n "$out" ] || { echo "error: $config has no FID.stats; give OUT.npz" >&2; exit 2; }
 fi
 pndm_run stats --config "$config" --out "$out" "$@"

@@ -1,5 +1,6 @@
 """main.py ablate: every cell sampled, scored and cached; tables, plot and paired statistics."""
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -43,6 +44,35 @@ def test_paired_gap_and_spread_in_markdown():
     md = results_markdown(rows)
     assert "11.00 ± 1.41 (10)" in md  # mean ± sd over seeds, NFE
     assert "-3.50 ± 0.71" in md  # paired gaps −3 and −4
+
+
+def test_an_adaptive_cells_nfe_is_its_seeds_mean_and_range():
+    rows = [dict(method="PF", steps=None, nfe=n, seed=s, fid=f, rms=0.1, seconds=1.0, num_samples=100)
+            for n, s, f in [(308, 0, 10.0), (302, 1, 12.0)]]
+    assert "11.00 ± 1.41 (305, 302–308)" in results_markdown(rows)  # not the first seed's 308
+
+
+def test_no_rms_for_the_released_convention():
+    """Its grids end at ā[0], not at the data the reference solves to: the distance would be the convention's."""
+    from runners.ablate import distance_to_reference
+    from runners.jobs import Sampling
+
+    assert math.isnan(distance_to_reference(None, Sampling("F-PNDM", 50, "official"), 0, None, None, None))
+
+
+def test_the_tensorboard_log_holds_only_the_last_runs_numbers(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from runners.tables import write_results
+
+    def rows(fid):
+        return [dict(method="DDIM", steps=3, nfe=3, seed=0, fid=fid, rms=0.1, seconds=1.0, num_samples=10)]
+
+    write_results(tmp_path, rows(269.0))
+    write_results(tmp_path, rows(273.5))  # a rerun with more samples rescored the cell
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("fid/DDIM/seed0")] == [273.5]
 
 
 def test_rms_and_noise_floor_equal_independent_computations(tiny, tmp_path, capsys):
