@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from samplers import NoiseSchedule, available, get_method, sample, tune_timesteps  # noqa: E402
 from samplers.grids import SPACINGS  # noqa: E402
 from samplers.tuning import teacher_solve  # noqa: E402
+from runners.frontier.run import int_list_arg, positive_int  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = "UniPC-3(bh2),iPNDM,DPM-Solver++(3M),DDIM"
@@ -83,8 +84,9 @@ def tuned_row(label, model, schedule, name, nfe, fixed, x_tune, x_test, ref, arg
     t0 = time.perf_counter()
     try:
         tuned, info = run_case(model, schedule, name, nfe, x_tune, x_test, ref, args)
-    except ValueError as e:
-        print(f"{label} {name} NFE {nfe}: {e}")
+    except ValueError as e:  # reported now, and in the exit code at the end: the other rows still run
+        print(f"error: {label} {name} NFE {nfe}: {e}", file=sys.stderr, flush=True)
+        args.failures.append(f"{label} {name} NFE {nfe}")
         return None
     best = min(same, key=same.get)
     return dict(model=label, method=name, nfe=nfe, steps=info.steps, start=info.start_spacing,
@@ -166,19 +168,15 @@ def print_row(r):
           f"{r['seconds']:5.1f} s{extra}", flush=True)
 
 
-def int_list(text):
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("mixtures", "digits", "both"), default="both")
     p.add_argument("--methods", default=METHODS, help="comma-separated method names")
-    p.add_argument("--nfe", type=int_list, default=None, help="budgets (default 5,10,20 mixtures; 5,10 digits)")
-    p.add_argument("--mixtures", type=int_list, default="0,1,2", help="mixture seeds")
+    p.add_argument("--nfe", type=int_list_arg(1), default=None, help="budgets (default 5,10,20 mixtures; 5,10 digits)")
+    p.add_argument("--mixtures", type=int_list_arg(0), default="0,1,2", help="mixture seeds")
     p.add_argument("--schedule", default="linear", help="noise schedule of the mixtures")
-    p.add_argument("--n-tune", type=int, default=256, help="noise samples given to tune_timesteps")
-    p.add_argument("--n-test", type=int, default=256, help="fresh noise samples for scoring")
+    p.add_argument("--n-tune", type=positive_int, default=256, help="noise samples given to tune_timesteps")
+    p.add_argument("--n-test", type=positive_int, default=256, help="fresh noise samples for scoring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for the digits model")
     p.add_argument("--teacher-accuracy", action="store_true", help="also print the teacher's own accuracy")
@@ -190,6 +188,7 @@ def main():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"tune_timesteps' {name.replace('-', '_')}")
     args = p.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.failures = []  # rows that could not be tuned (tuned_row)
     nfe = args.nfe
     if args.model in ("mixtures", "both"):
         args.nfe = nfe or [5, 10, 20]
@@ -197,6 +196,8 @@ def main():
     if args.model in ("digits", "both"):
         args.nfe = nfe or [5, 10]
         digits(args)
+    if args.failures:
+        sys.exit(f"error: {len(args.failures)} rows could not be tuned ({'; '.join(args.failures)})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 their command lines), and the argument types those command lines share with the tests."""
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from pathlib import Path
@@ -34,6 +35,31 @@ def parse_seeds(text: str) -> list[int]:
         lo, _, hi = part.strip().partition("-")
         seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     return seeds
+
+
+def int_list_arg(minimum: int = 0):
+    """An argparse ``type``: comma-separated integers or ranges (``parse_seeds``), each ≥ ``minimum``, so that a
+    script's bad value is argparse's one error line (exit 2) rather than a traceback deep in the benchmark."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = parse_seeds(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
+        return values
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: one integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def run_frontier(budgets, mixtures, batch, schedule_kind, out, *, skip_fid=False, fid_top=2, fid_samples=2000,

@@ -21,3 +21,40 @@ def test_bad_dataset_argument(script, args):
     proc = subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("bench_samplers.py", ["--steps", "0"], "argument --steps: expected integers >= 1, got '0'"),
+    ("bench_samplers.py", ["--steps", "5,x"], "argument --steps: expected comma-separated integers"),
+    ("bench_samplers.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    ("bench_tuning.py", ["--nfe", "0,5"], "argument --nfe: expected integers >= 1"),
+    ("bench_tuning.py", ["--mixtures", "-1"], "argument --mixtures: expected comma-separated integers"),
+])
+def test_benchmarks_refuse_bad_arguments_with_argparse_errors(script, args, message):
+    """A traceback from deep inside a benchmark used to be the answer to a bad number."""
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr.splitlines()[-1], proc.stderr
+
+
+def test_a_fid_stats_script_without_a_venv_uses_the_python_it_finds(tmp_path):
+    """scripts/fid_stats.sh read the config's FID.stats with .venv/bin/python only, and hid why it failed."""
+    import shutil
+    import sys
+
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "scripts", clone / "scripts")
+    shutil.copytree(REPO / "configs", clone / "configs")
+    (clone / "main.py").write_text("import sys; print('main.py', *sys.argv[1:])\n")  # stands in for the CLI
+    (clone / "runners").symlink_to(REPO / "runners")  # what the FID.stats lookup imports
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", str(clone / "scripts" / "fid_stats.sh"), "digits"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:4] == ["main.py", "stats", "--config", "configs/digits.yml"]
+    assert proc.stdout.split()[-1].endswith("models/weights/digits_fid_stats.npz")
