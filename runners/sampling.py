@@ -204,7 +204,16 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
 
     with contextlib.ExitStack() as stack:
         own = main_owns(dist, stack, out_dir, (MANIFEST,), start)
-        nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass())
+        started = time.perf_counter()
+        try:
+            nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass())
+        except BaseException:
+            if dist.is_main and own.keep:  # the manifest's seconds count interrupted attempts too
+                with contextlib.suppress(Exception):
+                    previous = read_json(out_dir / MANIFEST)
+                    write_manifest(out_dir, job, previous.get("nfe"), "running",
+                                   previous.get("seconds", 0.0) + time.perf_counter() - started)
+            raise
         dist.barrier()
         if dist.is_main:
             previous = read_json(out_dir / MANIFEST)

@@ -67,10 +67,12 @@ def test_interrupted_run_resumes_to_the_same_files(tiny, tmp_path, monkeypatch):
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 3) == 130
     partial = files_of(tmp_path / "resumed")
     assert len(partial) == 6 and not list((tmp_path / "resumed").rglob(".*.tmp"))
-    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["status"] == "running"
+    interrupted = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert interrupted["status"] == "running" and interrupted["seconds"] > 0  # the attempt's time is kept
     restore()
     assert sample(cfg, tmp_path / "resumed", "--num-samples", 10, "--batch-size", 4) == 0
     assert files_of(tmp_path / "resumed") == files_of(tmp_path / "full")
+    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["seconds"] > interrupted["seconds"]
 
 
 def test_torchrun_two_gloo_processes_equal_one(tiny, tmp_path):
