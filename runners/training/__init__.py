@@ -16,9 +16,10 @@ The workdir is owned by one run at a time (``runners.files.owned_folder``); a fr
 ``checkpoints/last.pt`` exists. A run that fails (diverges, is interrupted, crashes) before writing a checkpoint
 of its own leaves the workdir as it found it: what it wrote is removed, config.yml restored. Layout::
 
-    W/config.yml               effective config the run started with (the file + --set overrides + resolved
+    W/config.yml               effective config the run trains with now (the file + --set overrides + resolved
                                Train defaults); settings a --resume changed are listed in comments above it,
-                               each with the step it took effect from (also in last.pt's 'resumes')
+                               each with the step it took effect from and the value before (also in last.pt,
+                               whose 'config' is the one the run started with and 'resumes' the changes)
     W/checkpoints/last.pt      everything needed to resume (see ``state``)
     W/checkpoints/ema.pt       EMA weights as a plain state dict (what ``main.py sample --ckpt`` wants)
     W/tensorboard/             train/loss, train/lr, train/grad_norm, samples/ema (DDIM grid)
