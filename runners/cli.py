@@ -331,8 +331,8 @@ def tune_job(args) -> TuneJob:
     eval_samples = positive("--eval-samples", pick(args.eval_samples, 2000 if fid else 128))
     if fid and eval_samples < 2:  # before the search, not after it
         raise ArgumentError(f"--objective fid needs --eval-samples of at least 2 for a FID, got {eval_samples}")
-    return TuneJob(config=cfg, out=check_replaceable_output(args.out, "grid"), method=m.name, nfe=nfe, schedule=schedule,
-                   model=model, num_samples=num_samples,
+    return TuneJob(config=cfg, out=check_replaceable_output(args.out, "grid"), method=m.name, nfe=nfe,
+                   schedule=schedule, model=model, num_samples=num_samples,
                    eval_samples=eval_samples,
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
@@ -372,7 +372,8 @@ def tune_solver_job(args) -> TuneSolverJob:
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
     model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
-    return TuneSolverJob(config=cfg, out=check_replaceable_output(args.out, "solver"), nfe=nfe, schedule=schedule, model=model,
+    return TuneSolverJob(config=cfg, out=check_replaceable_output(args.out, "solver"), nfe=nfe, schedule=schedule,
+                         model=model,
                          num_samples=num_samples, eval_samples=positive("--eval-samples", args.eval_samples),
                          seed=nonnegative("--seed", args.seed), iterations=nonnegative("--iterations", args.iterations),
                          batch_size=positive("--batch-size", pick(args.batch_size,

@@ -34,7 +34,8 @@ def sample_path(out_dir: Path, index: int, total: int) -> Path:
 
 
 def image_indices(out_dir: Path) -> list[int]:
-    """The sample indices whose PNGs are in ``out_dir``, in either layout (files named as ``sample_path`` names them)."""
+    """The sample indices whose PNGs are in ``out_dir``, in either layout (files named as ``sample_path`` names
+    them)."""
     return [int(p.stem) for p in Path(out_dir).rglob("*.png") if p.stem.isdigit() and len(p.stem) >= 6]
 
 

@@ -120,7 +120,8 @@ def available() -> list[str]:
 def get_method(name: str) -> Method:
     base, at, spacing = str(name).partition("@")
     if at and not spacing.strip():
-        raise ValueError(f"method {name!r} names no spacing after '@'; choose one of {', '.join(('paper',) + SPACINGS)}")
+        raise ValueError(f"method {name!r} names no spacing after '@'; choose one of "
+                         f"{', '.join(('paper',) + SPACINGS)}")
     try:
         m = METHODS[base.strip().upper()]
     except KeyError:

@@ -283,7 +283,8 @@ def test_bad_inputs_are_one_line_value_errors(mixture, problem):
         "stochastic": dict(method="DDPM", nfe=10),
         "adaptive": dict(method="PF", nfe=10),
         "reference": dict(method="DDIM", nfe=5, reference=ref[:3]),
-        "NaN reference": dict(method="DDIM", nfe=5, reference=ref.clone().index_fill_(0, torch.tensor([1]), float("nan"))),
+        "NaN reference": dict(method="DDIM", nfe=5,
+                              reference=ref.clone().index_fill_(0, torch.tensor([1]), float("nan"))),
         "NaN noise": dict(method="DDIM", nfe=5, x_T=x.clone().index_fill_(0, torch.tensor([2]), float("inf"))),
         "loss": dict(method="DDIM", nfe=5, loss="l1"),
         "distance": dict(method="DDIM", nfe=5, distance=lambda a, b: (a - b).pow(2)),  # not one per sample
