@@ -5,6 +5,8 @@ before any output is touched. Nothing but ``main.py`` imports it.
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from .config import get, load_config
@@ -394,6 +396,9 @@ def train_job(args) -> TrainJob:
 
 # commands whose output is learned: their default thread count ignores the load (setup.apply_threads)
 LEARNING_COMMANDS = ("tune-grid", "tune-solver")
+# the commands that split their work over torchrun's processes; the others would each do all of it and race for
+# one output file
+DISTRIBUTED_COMMANDS = ("sample", "ablate", "train")
 
 
 def _device(args):
@@ -402,6 +407,9 @@ def _device(args):
 
 def run(args) -> None:
     """Build the command's job (every check), then run it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command not in DISTRIBUTED_COMMANDS:
+        raise ArgumentError(f"{args.command} runs in one process; start it with python, not torchrun (only "
+                            f"{', '.join(DISTRIBUTED_COMMANDS)} use several)")
     apply_threads(args.threads, follow_load=args.command not in LEARNING_COMMANDS)
     if args.command == "sample":
         from .sampling import run_sample_job

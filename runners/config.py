@@ -130,6 +130,30 @@ def validate(cfg: Any, source: str, base: Optional[Path] = None) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second ``steps:`` (or a second ``Sample:`` section, dropping the whole first one) would be a setting nobody
+    sees."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key != "<<" and isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error as one line that keeps what is wrong and where (its first line alone is only the context)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{e.context + ': ' if e.context else ''}{e.problem}{where}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     """Read a YAML config, apply ``Section.key=value`` overrides, validate. Paths inside the file are relative
     to the file's folder; paths given as overrides are relative to the working directory."""
@@ -137,8 +161,10 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: cannot read YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read YAML: {str(e).splitlines()[0]}") from None
     cfg = validate(raw if raw is not None else {}, str(path), path.resolve().parent)
     return apply_overrides(cfg, overrides, source=str(path))
@@ -152,9 +178,9 @@ def apply_overrides(cfg: dict, overrides: Iterable[str], source: str = "--set") 
         dotted, text = item.split("=", 1)
         section, key = dotted.split(".", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
         one = validate({section: {key: value}}, f"--set {item}", Path.cwd())
         cfg.setdefault(section, {})[key] = one[section][key]
     return cfg

@@ -38,11 +38,17 @@ def sample_stream(extractor, folder: Path, num_samples: int, indices, todo, imag
 def sample_files(folder: Path) -> list:
     """The images a folder's FID is computed from: exactly the manifest's samples when there is one."""
     manifest_path = folder / "manifest.json"
-    if manifest_path.exists():
-        manifest = read_json(manifest_path)
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    if manifest_path.is_file() and not manifest:
+        raise UserError(f"{manifest_path} is not a readable JSON object: a sampling run's manifest is damaged (or "
+                        f"another tool's file has that name; move it away to score the folder's images)")
+    if "identity" in manifest:  # a sampling run's (runners.sampling.write_manifest); another tool's file is not
         if manifest.get("status") != "complete":
             raise UserError(f"{folder} is an unfinished sampling run: rerun its 'sample' command first")
-        num = int(manifest["num_samples"])
+        num = manifest.get("num_samples")
+        if not isinstance(num, int) or num < 1:
+            raise UserError(f"{manifest_path} records no sample count (num_samples: {num!r}); rerun its 'sample' "
+                            f"command")
         paths = [sample_path(folder, i, num) for i in range(num)]
         missing = [p for p in paths if not p.is_file()]
         if missing:

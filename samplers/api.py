@@ -192,8 +192,8 @@ def _build_grid(m: Method, schedule: NoiseSchedule, steps, timesteps, convention
 def _plan(m: Method, convention: str, schedule: NoiseSchedule, steps, timesteps, eta) -> Plan:
     if eta is not None and m.name.split("@")[0] != "DDIM":
         raise ValueError(f"eta applies to DDIM only, not {m.name}")
-    if eta is not None and not 0 <= eta < float("inf"):
-        raise ValueError(f"eta must be >= 0 and finite, got {eta}")
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf):
+        raise ValueError(f"eta must be a number >= 0 and finite, got {eta!r}")
     if m.adaptive:
         if steps is not None or timesteps is not None:
             raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
@@ -223,7 +223,10 @@ def plan(method, schedule: NoiseSchedule, steps: Optional[int] = None, conventio
 
 def expected_nfe(method: str, steps: Optional[int], schedule: NoiseSchedule, convention: str = "standard",
                  timesteps: Optional[Sequence[float]] = None) -> int:
-    """The NFE ``sample`` will spend, without running it (not defined for the adaptive PF solver)."""
+    """The NFE ``sample`` will spend, without running it (not defined for the adaptive PF solver); a learned
+    solver's is ``plan(solver, schedule).nfe``."""
+    if isinstance(method, LearnedSolver):
+        return plan(method, schedule, steps, convention, timesteps=timesteps).nfe
     if get_method(method).adaptive:
         raise ValueError("PF is adaptive: its NFE is known only after solving")
     return plan(method, schedule, steps, convention, timesteps=timesteps).nfe

@@ -77,8 +77,11 @@ class NoiseSchedule:
         kind = str(self.kind).lower()
         if kind not in KINDS:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if int(self.num_timesteps) < 2:
-            raise ValueError(f"num_timesteps must be at least 2, got {self.num_timesteps}")
+        n = self.num_timesteps
+        if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)) or n != int(n):
+            raise ValueError(f"num_timesteps must be an integer, got {n!r}")  # 10.9 would quietly be 10
+        if int(n) < 2:
+            raise ValueError(f"num_timesteps must be at least 2, got {n}")
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "num_timesteps", int(self.num_timesteps))
         betas = make_betas(kind, self.beta_start, self.beta_end, self.num_timesteps).astype(np.float32)
@@ -109,7 +112,7 @@ class NoiseSchedule:
             kind=section.get("type", "linear"),
             beta_start=float(section.get("beta_start", 1e-4)),
             beta_end=float(section.get("beta_end", 0.02)),
-            num_timesteps=int(section.get("diffusion_step", 1000)),
+            num_timesteps=section.get("diffusion_step", 1000),
         )
 
     @property

@@ -53,6 +53,11 @@ def env(tmp_path_factory):
     manifest = json.loads((unfinished / "manifest.json").read_text())
     (unfinished / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
     paths["unfinished"] = unfinished
+    for name, text in (("broken_manifest", "{broken"),
+                       ("countless_manifest", json.dumps({k: v for k, v in manifest.items() if k != "num_samples"}))):
+        shutil.copytree(done, root / name)
+        (root / name / "manifest.json").write_text(text)
+        paths[name] = root / name
     one = root / "one_image"
     one.mkdir()
     shutil.copy(done / "000000.png", one / "000000.png")
@@ -106,9 +111,9 @@ G = ["tune-grid", "--config", "{cfg}", "--device", "cpu", "--method", "DDIM", "-
 
 CASES = [
     # arguments checked before --out is touched
-    Case("negative eta", S + ["--eta", "-1"], 2, "eta must be >= 0"),
+    Case("negative eta", S + ["--eta", "-1"], 2, "eta must be a number >= 0"),
     Case("eta on another method", S + ["--method", "F-PNDM", "--eta", "0.5"], 2, "eta applies to DDIM only"),
-    Case("infinite eta", S + ["--eta", "inf"], 2, "eta must be >= 0 and finite"),
+    Case("infinite eta", S + ["--eta", "inf"], 2, "eta must be a number >= 0 and finite"),
     Case("negative seed", S + ["--seed", "-3"], 2, "--seed must be at least 0"),
     Case("zero steps", S + ["--steps", "0"], 2, "steps must be at least 1"),
     Case("too many steps", S + ["--steps", "1001"], 2, "exceeds the schedule's 1000 timesteps"),
@@ -176,6 +181,10 @@ CASES = [
          absent=[]),
     Case("fid: empty folder", F + ["--samples", "{empty}"], 2, "no images in", absent=[]),
     Case("fid: unfinished run", F + ["--samples", "{unfinished}"], 2, "unfinished sampling run", absent=[]),
+    Case("fid: damaged manifest", F + ["--samples", "{broken_manifest}"], 2, "is not a readable JSON object",
+         absent=[]),
+    Case("fid: manifest without a count", F + ["--samples", "{countless_manifest}"], 2,
+         "records no sample count", absent=[]),
     Case("fid: missing folder", F + ["--samples", "{root}/none"], 2, "samples folder not found", absent=[]),
     Case("fid: zero batch", F + ["--samples", "{done}", "--batch-size", "0"], 2, "--batch-size must be at least 1",
          absent=[]),
@@ -242,6 +251,30 @@ def test_bad_input(case, env, tmp_path, capsys):
     for path in case.absent:
         assert not Path(fill(path, env, out)).exists(), path
     assert not list(tmp_path.rglob(".*.tmp")) and not list(env["root"].rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("argv", [T + ["--source", "{done}", "--out", "{out}"], F + ["--samples", "{done}"],
+                                  G + ["--iterations", "1"]], ids=["stats", "fid", "tune-grid"])
+def test_single_process_commands_refuse_torchrun(argv, env, tmp_path, capsys, monkeypatch):
+    """Under torchrun every process did the whole job and they raced for one output file."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "out"
+    assert main([fill(a, env, out) for a in argv]) == 2
+    assert "runs in one process; start it with python, not torchrun" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_another_tools_manifest_does_not_make_a_folder_a_sampling_run(env, tmp_path, capsys):
+    folder = tmp_path / "theirs"
+    shutil.copytree(env["done"], folder)
+    (folder / "manifest.json").unlink()
+    fid = [fill(a, env, tmp_path) for a in F] + ["--samples", str(folder)]
+    assert main(fid) == 0
+    plain = json.loads((folder / "fid.json").read_text())["fid"]
+    (folder / "fid.json").unlink()
+    (folder / "manifest.json").write_text(json.dumps({"name": "my dataset", "files": 10}))
+    assert main(fid) == 0
+    assert json.loads((folder / "fid.json").read_text())["fid"] == plain
 
 
 # ---------------------------------------------------------------------------------------------------------------

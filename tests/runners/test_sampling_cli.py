@@ -251,6 +251,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, case, 
     assert not out.exists()  # a run that fails before its first image leaves nothing, not even a manifest
 
 
+@pytest.mark.parametrize("edit, message", [
+    # PyYAML keeps the last of two equal keys: the first setting, or a whole first section, vanished unseen
+    (lambda text: text.replace("  steps: 5\n", "  steps: 5\n  steps: 20\n"), "duplicate key 'steps' (line"),
+    (lambda text: text + "Sample:\n  steps: 50\n", "duplicate key 'Sample' (line"),
+    (lambda text: text.replace("  steps: 5\n", "\tsteps: 5\n"), "found character '\\t' that cannot start any token"),
+])
+def test_yaml_mistakes_are_named_with_their_line(tiny, tmp_path, capsys, edit, message):
+    cfg, _ = tiny
+    bad = tmp_path / "bad.yml"
+    bad.write_text(edit(cfg.read_text()))
+    assert bad.read_text() != cfg.read_text()
+    assert sample(bad, tmp_path / "out", "--num-samples", 2) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: cannot read YAML: ") and message in err[0], err
+
+
 def test_output_folder_of_another_configuration_is_refused(tiny, tmp_path, capsys):
     cfg, _ = tiny
     out = tmp_path / "out"

@@ -131,6 +131,9 @@ BAD = [
     dict(method="DDPM", steps=10, eta=0.5),
     dict(method="DDIM", steps=10, eta=-1.0),
     dict(method="DDIM", steps=10, eta=float("nan")),
+    dict(method="DDIM", steps=10, eta="0.5"),  # a TypeError from a comparison before
+    dict(method="DDIM", steps=10, eta=True),  # was taken as η = 1
+    dict(method="DDIM@", steps=10),
     dict(method="DDIM", steps=1000, convention="official"),
     dict(method="S-PNDM@paper", steps=333, convention="official"),
     dict(method="iPNDM@cosine", steps=5),
@@ -193,3 +196,10 @@ def test_sample_info_t_start_is_the_plans(model, name, steps, convention, t_star
     p = plan(name, SCHEDULE, steps, convention)
     assert info.t_start == p.t_start == t_start == info.model_timesteps[0]
     assert info.nfe == p.nfe and info.timesteps == list(p.grid.timesteps)
+
+
+def test_expected_nfe_takes_a_learned_solver_as_plan_and_sample_do():
+    from samplers import LearnedSolver
+
+    solver = LearnedSolver.start([999.0, 600.0, 300.0, 100.0, -1.0])
+    assert expected_nfe(solver, None, SCHEDULE) == plan(solver, SCHEDULE).nfe == 4

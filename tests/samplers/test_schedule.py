@@ -24,6 +24,21 @@ def test_from_config_and_unknown_key():
         NoiseSchedule.from_config({"type": "linear", "steps": 10})
 
 
+@pytest.mark.parametrize("section, message", [
+    ({"diffusion_step": 1000.7}, "num_timesteps must be an integer, got 1000.7"),  # was quietly 1000
+    ({"diffusion_step": "10"}, "num_timesteps must be an integer"),
+    ({"diffusion_step": True}, "num_timesteps must be an integer"),
+    ({"type": "linear", "beta_end": 0.7}, "alpha_bar underflows to 0 in float32 from timestep"),
+])
+def test_schedules_that_cannot_be_meant_are_refused(section, message):
+    with pytest.raises(ValueError, match=message):
+        NoiseSchedule.from_config(section)
+
+
+def test_an_integral_float_step_count_is_that_integer():
+    assert NoiseSchedule(num_timesteps=500.0).T == 500 == len(NoiseSchedule(num_timesteps=500).alphas_cumprod)
+
+
 @pytest.mark.parametrize("kind", ["linear", "quad", "cosine"])
 def test_vp_beta_is_minus_derivative_of_vp_log_alpha_bar(kind):
     s = NoiseSchedule(kind)
