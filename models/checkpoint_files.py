@@ -29,8 +29,11 @@ import pickle
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
+
+from samplers import NoiseSchedule
 
 from .diffusers_format import (
     diffusers_to_ddpm_state_dict,
@@ -213,32 +216,31 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     return Checkpoint(state, fmt, shadow, recorded if isinstance(recorded, Mapping) else None)
 
 
-# a Schedule section's keys and the values the configs default to (samplers.NoiseSchedule.from_config)
-_SCHEDULE_DEFAULTS = {"type": "linear", "beta_start": 1e-4, "beta_end": 0.02, "diffusion_step": 1000}
+# NoiseSchedule's fields by the config keys that set them, for the message
+_SCHEDULE_KEYS = {"type": "kind", "beta_start": "beta_start", "beta_end": "beta_end", "diffusion_step": "num_timesteps"}
 
 
-def _schedule_of(section: Any) -> dict[str, Any] | None:
+def _schedule_of(section: Any) -> NoiseSchedule | None:
+    """The schedule a config's Schedule section describes, with the configs' defaults; None if it is not one."""
     if not isinstance(section, Mapping):
         return None
     try:
-        return {key: (str(section.get(key, default)) if key == "type" else float(section.get(key, default)))
-                for key, default in _SCHEDULE_DEFAULTS.items()}
+        return NoiseSchedule.from_config(section)
     except (TypeError, ValueError):
         return None
 
 
 def schedule_mismatch(path: Path, recorded: Mapping[str, Any] | None, cfg: Mapping[str, Any] | None) -> str | None:
     """A one-line error when the checkpoint records the noise schedule it was trained under (this project's
-    training dicts do) and ``cfg``'s Schedule section is another one: a network sampled under another ā than it
-    was trained for gives plausible-looking, wrong samples. None when they agree or either is not known."""
+    training dicts do) and ``cfg``'s Schedule section gives another ā table: a network sampled under another ā
+    than it was trained for gives plausible-looking, wrong samples. None when the tables agree (the same schedule
+    spelt otherwise, or a cosine schedule's unused betas) or either is not known."""
     theirs = _schedule_of((recorded or {}).get("Schedule"))
     mine = _schedule_of((cfg or {}).get("Schedule"))
-    if theirs is not None and mine is not None and theirs["type"] == mine["type"] == "cosine":
-        for key in ("beta_start", "beta_end"):  # the cosine schedule has no betas to set
-            theirs.pop(key), mine.pop(key)
-    if theirs is None or mine is None or theirs == mine:
+    if theirs is None or mine is None or np.array_equal(theirs.alphas_cumprod, mine.alphas_cumprod):
         return None
-    diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in theirs if theirs[k] != mine[k])
+    diff = ", ".join(f"{key} {getattr(theirs, field)} vs {getattr(mine, field)}"
+                     for key, field in _SCHEDULE_KEYS.items() if getattr(theirs, field) != getattr(mine, field))
     return (f"checkpoint {path} was trained under another noise schedule than the config's ({diff}; checkpoint "
             f"vs config): set the config's Schedule section to the checkpoint's")
 

@@ -312,7 +312,8 @@ def write_fid_json(folder: Path, result: dict) -> None:
     print(f"FID {result['fid']:.4f} ({result['num_samples']} samples, {result['extractor']})", flush=True)
     try:
         write_json_atomic(Path(folder) / "fid.json", result)
-    except (OSError, OutputError) as e:
-        why = e.strerror if isinstance(e, OSError) else "a folder of that name is in the way"
-        raise OutputError(f"could not write {Path(folder) / 'fid.json'} ({why}); the FID above is "
+    except OSError as e:
+        raise OutputError(f"could not write {Path(folder) / 'fid.json'} ({e.strerror}); the FID above is "
                           "not saved") from None
+    except OutputError as e:  # write_atomic's own refusal, e.g. a folder in the way
+        raise OutputError(f"{e}; the FID above is not saved") from None

@@ -156,7 +156,7 @@ def test_every_format_loads_to_the_released_eps(golden, tmp_path, writer):
     ({"type": "linear", "beta_end": 0.02}, {"type": "linear", "beta_end": 0.01}, "beta_end 0.02 vs 0.01"),
     ({"type": "cosine"}, {"type": "linear"}, "type cosine vs linear"),
     ({"type": "cosine", "beta_end": 0.5}, {"type": "cosine"}, None),  # a cosine schedule has no betas
-    ({"type": "linear", "diffusion_step": 2000}, {}, "diffusion_step 2000.0 vs 1000.0"),
+    ({"type": "linear", "diffusion_step": 2000}, {}, "diffusion_step 2000 vs 1000"),
     (None, {"type": "cosine"}, None),  # a checkpoint that records no schedule cannot be checked
 ])
 def test_a_checkpoint_trained_under_another_schedule_is_refused(golden, tmp_path, trained, config, refused):
