@@ -129,7 +129,8 @@ def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: st
         "status": status, "identity": job.identity(), "method": s.method, "steps": s.steps,
         "convention": s.convention, "nfe": nfe, "num_samples": job.num_samples, "seed": job.seed,
         "checkpoint": job.model.checkpoint, "checkpoint_sha256": job.model.checkpoint_sha256,
-        "precision": job.model.precision, "seconds": seconds, "config": effective_config(job), "versions": versions(),
+        "precision": job.model.precision, "seconds": seconds, "config": effective_config(job),
+        "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
 

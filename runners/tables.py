@@ -41,12 +41,17 @@ def _mean_sd(values):
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _mean_nfe(rs: list) -> float:
+    """A cell's NFE over its seeds (an adaptive solver's differs between them)."""
+    return float(np.mean([r["nfe"] for r in rs]))
+
+
 def _nfe_of(rs: list) -> str:
     """A cell's NFE over its seeds: one number, or the mean and range where an adaptive solver's NFE varied."""
     nfes = [r["nfe"] for r in rs]
     if min(nfes) == max(nfes):
         return str(nfes[0])
-    return f"{np.mean(nfes):.0f}, {min(nfes)}–{max(nfes)}"
+    return f"{_mean_nfe(rs):.0f}, {min(nfes)}–{max(nfes)}"
 
 
 def results_markdown(rows: list, floors=()) -> str:
@@ -69,7 +74,7 @@ def results_markdown(rows: list, floors=()) -> str:
         if not rs:
             return ""
         mean, sd = _mean_sd([r["fid"] for r in rs])
-        return f"{mean:.2f} ± {sd:.2f} ({_nfe_of(rs)})" if len(rs) > 1 else f"{mean:.2f} ({_nfe_of(rs)})"
+        return (f"{mean:.2f} ± {sd:.2f}" if len(rs) > 1 else f"{mean:.2f}") + f" ({_nfe_of(rs)})"
 
     def gap_cell(m, s):
         rs, base = cells.get((m, s)), cells.get(("DDIM", s))
@@ -109,11 +114,8 @@ def plot_results(rows: list, path: Path) -> None:
     cells = _group(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in dict.fromkeys(r["method"] for r in rows):
-        def mean_nfe(k):  # an adaptive solver's NFE differs between seeds
-            return float(np.mean([r["nfe"] for r in cells[k]]))
-
-        keys = sorted((k for k in cells if k[0] == m), key=mean_nfe)
-        nfe = [mean_nfe(k) for k in keys]
+        keys = sorted((k for k in cells if k[0] == m), key=lambda k: _mean_nfe(cells[k]))
+        nfe = [_mean_nfe(cells[k]) for k in keys]
         for ax, field in zip(axes, ("fid", "rms")):
             stats = [_mean_sd([r[field] for r in cells[k]]) for k in keys]
             if all(math.isnan(s[0]) for s in stats):
