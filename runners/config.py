@@ -18,7 +18,9 @@ from .errors import ConfigError
 from .files import write_text_atomic
 
 
-# type names: int, float, bool, str, path (a str resolved against the config's folder), list[int]
+# type names: int, int>0, float, bool, str, path (a str resolved against the config's folder), list[int],
+# list[int>0]. Network sizes are int>0: a zero width would build a network of empty tensors that fails later
+# with torch's warning and an unrelated message.
 SCHEMA: dict[str, dict[str, str]] = {
     "Schedule": {
         "type": "str", "beta_start": "float", "beta_end": "float", "diffusion_step": "int",
@@ -33,15 +35,15 @@ SCHEMA: dict[str, dict[str, str]] = {
         "rescaled": "bool", "num_workers": "int", "root": "path", "split": "str", "download": "bool", "category": "str",
     },
     "Model": {
-        "struc": "str", "type": "str", "image_size": "int", "in_channels": "int", "out_ch": "int", "ch": "int",
-        "ch_mult": "list[int]", "num_res_blocks": "int", "attn_resolutions": "list[int]", "dropout": "float",
+        "struc": "str", "type": "str", "image_size": "int>0", "in_channels": "int>0", "out_ch": "int>0", "ch": "int>0",
+        "ch_mult": "list[int>0]", "num_res_blocks": "int>0", "attn_resolutions": "list[int]", "dropout": "float",
         "var_type": "str", "resamp_with_conv": "bool", "ema_rate": "float", "ema": "bool",
         # iDDPM
-        "model_channels": "int", "out_channels": "int", "attention_resolutions": "list[int]",
-        "channel_mult": "list[int]", "dims": "int", "conv_resample": "bool", "use_scale_shift_norm": "bool",
-        "use_checkpoint": "bool", "num_heads": "int", "num_heads_upsample": "int", "rescale_timesteps": "bool",
+        "model_channels": "int>0", "out_channels": "int>0", "attention_resolutions": "list[int]",
+        "channel_mult": "list[int>0]", "dims": "int", "conv_resample": "bool", "use_scale_shift_norm": "bool",
+        "use_checkpoint": "bool", "num_heads": "int>0", "num_heads_upsample": "int", "rescale_timesteps": "bool",
         # score-SDE's DDPM (struc PF) and NCSN++ (struc PF_deep)
-        "nf": "int", "num_channels": "int", "nonlinearity": "str", "conditional": "bool", "centered": "bool",
+        "nf": "int>0", "num_channels": "int>0", "nonlinearity": "str", "conditional": "bool", "centered": "bool",
         "skip_rescale": "bool", "resblock_type": "str", "progressive": "str", "progressive_input": "str",
         "embedding_type": "str", "init_scale": "float", "combine_method": "str", "fir": "bool",
         "fir_kernel": "list[int]", "continuous": "bool", "fourier_scale": "float", "scale_by_sigma": "bool",
@@ -73,7 +75,8 @@ SCHEMA: dict[str, dict[str, str]] = {
 
 def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
     def bad():
-        return ConfigError(f"{where}: expected {kind}, got {value!r}")
+        wanted = {"int>0": "a positive int", "list[int>0]": "a list of positive ints"}.get(kind, kind)
+        return ConfigError(f"{where}: expected {wanted}, got {value!r}")
 
     if kind.endswith("?"):  # optional: null switches it off (e.g. --set Sample.timesteps_file=null)
         return None if value is None else _coerce(value, kind[:-1], where, base)
@@ -82,8 +85,8 @@ def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
         if isinstance(value, bool):
             return value
         raise bad()
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
+    if kind in ("int", "int>0"):
+        if isinstance(value, bool) or not isinstance(value, int) or (kind == "int>0" and value <= 0):
             raise bad()
         return value
     if kind == "float":
@@ -99,12 +102,15 @@ def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
         if kind == "path":
             return str((base / os.path.expanduser(value)).resolve()) if value else value
         return value
-    if kind == "list[int]":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if kind in ("list[int]", "list[int>0]"):
+        item = kind[5:-1]
+        items = value if isinstance(value, list) else [value]
+        if not isinstance(value, (list, int)) or isinstance(value, bool):
             raise bad()
-        return list(value)
+        try:
+            return [_coerce(v, item, where, base) for v in items]
+        except ConfigError:
+            raise bad() from None
     raise AssertionError(kind)
 
 

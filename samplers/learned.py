@@ -141,12 +141,16 @@ class LearnedSolver:
             raise ValueError(f"a learned solver is a mapping, got {type(data).__name__}")
         if data.get("base", BASE) != BASE:
             raise ValueError(f"a learned solver's base must be {BASE!r}, got {data.get('base')!r}")
-        missing = [k for k in ("timesteps", "network_times", "predictor", "corrector", "x_scale", "m_scale")
-                   if k not in data]
+        fields = ("timesteps", "network_times", "predictor", "corrector", "x_scale", "m_scale")
+        missing = [k for k in fields if k not in data]
         if missing:
             raise ValueError(f"a learned solver needs {', '.join(missing)}")
-        return cls(*(data[k] for k in ("timesteps", "network_times", "predictor", "corrector", "x_scale",
-                                       "m_scale")))
+        # A key this version does not know is refused rather than dropped: it means a file from another
+        # version or a misspelling, and running without it would be a different solver than the file describes.
+        unknown = sorted(set(data) - set(fields) - {"base"})
+        if unknown:
+            raise ValueError(f"a learned solver has no field {', '.join(map(repr, unknown))}")
+        return cls(*(data[k] for k in fields))
 
     @property
     def sha256(self) -> str:

@@ -251,6 +251,21 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny, tmp_path, capsys, case, 
     assert not out.exists()  # a run that fails before its first image leaves nothing, not even a manifest
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("Model.ch=0", "Model.ch: expected a positive int, got 0"),
+    ("Model.ch_mult=[1,0]", "Model.ch_mult: expected a list of positive ints, got [1, 0]"),
+    ("Model.num_res_blocks=-1", "Model.num_res_blocks: expected a positive int, got -1"),
+])
+def test_network_sizes_must_be_positive(tiny, tmp_path, capsys, setting, message):
+    # A zero width used to build a network of empty tensors: torch's warning line, then an unrelated error.
+    cfg, _ = tiny
+    out = tmp_path / "out"
+    code = main(["sample", "--config", str(cfg), "--set", setting, "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and err == [f"error: --set {setting}: {message}"], err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("edit, message", [
     # PyYAML keeps the last of two equal keys: the first setting, or a whole first section, vanished unseen
     (lambda text: text.replace("  steps: 5\n", "  steps: 5\n  steps: 20\n"), "duplicate key 'steps' (line"),

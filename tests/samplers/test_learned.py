@@ -146,6 +146,10 @@ def test_bad_solvers_are_one_line_value_errors():
         assert one_line(e), change
     with pytest.raises(ValueError, match="needs x_scale") as e:
         LearnedSolver.from_dict({k: v for k, v in good.items() if k != "x_scale"})
+    # A key from another version (or a misspelling next to the right one) is refused, not dropped.
+    with pytest.raises(ValueError, match="no field 'x_scales'") as e:
+        LearnedSolver.from_dict({**good, "x_scales": [1.0, 1.0]})
+    assert one_line(e)
 
 
 def test_bad_inputs_are_one_line_value_errors(mixture, problem):
