@@ -169,6 +169,9 @@ def diffusers_config(section: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("diffusers' UNet2DModel always resamples with convolutions; resamp_with_conv: false "
                          "has no equivalent")
     ch, mults, size = section["ch"], list(section["ch_mult"]), section["image_size"]
+    if mults[0] != 1:  # diffusers' conv_in and time embedding are sized by block_out_channels[0], DDPM's by ch
+        raise ValueError(f"diffusers' UNet2DModel has ch × ch_mult[0] channels after its first convolution where "
+                         f"this network has ch; ch_mult {mults} (first entry not 1) has no equivalent")
     has_attn = [size // 2 ** level in section["attn_resolutions"] for level in range(len(mults))]
     return {
         "_class_name": "UNet2DModel",

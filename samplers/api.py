@@ -144,8 +144,8 @@ class Plan:
     """What ``sample()`` will do with these arguments, known before any model call.
 
     ``method``: the method that runs (DDIM with η > 0 runs the generalised DDIM engine with that η);
-    ``convention``: None for PF; ``grid``: None for PF; ``eta``: η of the generalised DDIM step (the given η for
-    DDIM, None when not given; 1.0 for DDPM; None for every other method), so ``bool(eta)`` says the run draws
+    ``convention``: how the table is read (for PF: which VP process it integrates); ``grid``: None for PF;
+    ``eta``: η of the generalised DDIM step (the given η for DDIM, None when not given; 1.0 for DDPM; None for every other method), so ``bool(eta)`` says the run draws
     noise; ``nfe``: model evaluations (None for PF, whose NFE is the solver's); ``t_start``: the first model
     timestep (the grid's first point; T−1 for PF, which starts at s = 1).
     """
@@ -197,7 +197,8 @@ def _plan(m: Method, convention: str, schedule: NoiseSchedule, steps, timesteps,
     if m.adaptive:
         if steps is not None or timesteps is not None:
             raise ValueError("PF is an adaptive solver: give rtol/atol, not steps or timesteps")
-        return Plan(m, None, None, None, None, float(schedule.T - 1))  # the flow starts at s = 1
+        # the flow starts at s = 1; the convention picks the VP process (samplers.probability_flow)
+        return Plan(m, convention, None, None, None, float(schedule.T - 1))
     if m.kind == "learned":
         solver = m.options["solver"]
         if steps is not None or timesteps is not None:
@@ -347,7 +348,8 @@ def sample(
             if callback is not None:
                 user_cb = lambda s, x: callback({"step": info.nfe - 1, "t": s * (schedule.T - 1),
                                                  "t_next": None, "x": x, "nfe": info.nfe})
-            x0 = p.method.engine(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb)
+            x0 = p.method.engine(eps, schedule, x_T, rtol=rtol, atol=atol, t_end=t_end, callback=user_cb,
+                                 convention=p.convention)
         else:
             eps = _CountingModel(model, info, grid.steps)
 

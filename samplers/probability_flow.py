@@ -7,6 +7,11 @@ the VP SDE's drift and diffusion):
 
     dx/ds = −β(s)/2 · x + β(s)/2 · ε(x, s·(T−1)) / std(s)
 
+On ``quad`` and ``cosine`` schedules the standard convention integrates the VP process of that schedule (the one
+the model was trained on); the official convention integrates what the released code does on every schedule —
+the linear VP SDE between betas[0] and betas[-1] — so that its numbers, the paper's PF rows included, are
+reproduced. On ``linear`` the two are the same.
+
 The state is float64 inside the solver; the model sees the input's dtype (float32 for float32 noise, as in the
 released code), so the solver's step-size control, and hence the NFE, match the released implementation.
 """
@@ -21,7 +26,7 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .multistep import EpsFn
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, check_convention
 
 
 def probability_flow(
@@ -32,16 +37,19 @@ def probability_flow(
     atol: float = 1e-5,
     t_end: float = 1e-3,
     callback: Optional[Callable[[float, Tensor], None]] = None,
+    convention: str = "standard",
 ) -> Tensor:
     """x_0 of the flow from s = 1 to ``t_end`` by RK45 with ``rtol``/``atol``; ``callback(s, x)`` after every
-    model call. The NFE is the solver's: count the calls of ``eps``."""
+    model call; ``convention`` 'official': the released code's VP process (module docstring). The NFE is the
+    solver's: count the calls of ``eps``."""
+    released = check_convention(convention) == "official"
     shape, dtype, device = x.shape, x.dtype, x.device
     scale = schedule.T - 1
 
     def drift(s: float, y: np.ndarray) -> np.ndarray:
         xs = torch.from_numpy(y.reshape(shape)).to(device=device, dtype=dtype)
-        beta = schedule.vp_beta(s)
-        std = math.sqrt(-math.expm1(schedule.vp_log_alpha_bar(s)))
+        beta = schedule.vp_beta(s, released)
+        std = math.sqrt(-math.expm1(schedule.vp_log_alpha_bar(s, released)))
         d = xs * (-0.5 * beta) + eps(xs, s * scale) * (0.5 * beta / std)
         if callback is not None:
             callback(s, xs)

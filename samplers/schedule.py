@@ -77,6 +77,10 @@ class NoiseSchedule:
         kind = str(self.kind).lower()
         if kind not in KINDS:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(KINDS)}")
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         n = self.num_timesteps
         if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)) or n != int(n):
             raise ValueError(f"num_timesteps must be an integer, got {n!r}")  # 10.9 would quietly be 10
@@ -108,8 +112,21 @@ class NoiseSchedule:
         unknown = sorted(set(section) - known - model_flags)
         if unknown:
             raise ValueError(f"unknown Schedule key(s) {unknown}; expected {sorted(known)}")
+        kind = section.get("type", "linear")
+        if "noise_schedule" in section:  # improved-diffusion's name for the same thing: it must not disagree
+            named = str(section["noise_schedule"]).lower()
+            if "type" not in section:
+                kind = named
+            if named != str(kind).lower():
+                raise ValueError(f"Schedule.noise_schedule is {section['noise_schedule']!r} but Schedule.type is "
+                                 f"{section.get('type')!r}: give one schedule")
+            if named == "linear" and section.get("diffusion_step", 1000) != 1000 and not (
+                    "beta_start" in section and "beta_end" in section):
+                # improved-diffusion scales its linear betas by 1000/T; ours are the given ones: say which
+                raise ValueError("Schedule.noise_schedule: linear with diffusion_step != 1000 is improved-diffusion's "
+                                 "rescaled schedule (betas × 1000/T): give beta_start and beta_end explicitly")
         return cls(
-            kind=section.get("type", "linear"),
+            kind=kind,
             beta_start=float(section.get("beta_start", 1e-4)),
             beta_end=float(section.get("beta_end", 0.02)),
             num_timesteps=section.get("diffusion_step", 1000),
@@ -186,15 +203,17 @@ class NoiseSchedule:
         b0, b1 = float(self.betas[0]), float(self.betas[-1])
         return b0, b1
 
-    def vp_log_alpha_bar(self, s: float) -> float:
+    def vp_log_alpha_bar(self, s: float, released: bool = False) -> float:
         """log ā(s) of the continuous-time VP process matching this schedule, at VP time ``s`` ∈ [0, 1].
 
         For ``linear`` this is the VP SDE of Song et al. with beta(s) = (beta_0 + s(beta_1 - beta_0))·T, as the
         released PF solver uses; ``quad`` integrates beta(s) = (sqrt(beta_0) + s(sqrt(beta_1) - sqrt(beta_0)))²·T;
-        ``cosine`` is the closed form f(s)/f(0).
+        ``cosine`` is the closed form f(s)/f(0). ``released``: the linear form between betas[0] and betas[-1]
+        whatever the kind — the released code's PF on every schedule, which for ``quad`` and ``cosine`` is not
+        the process the model was trained on.
         """
         T = self.T
-        if self.kind == "linear":
+        if self.kind == "linear" or released:
             b0, b1 = self._vp_beta_ends()
             # -integral_0^s beta = -(beta_0 s + (beta_1 - beta_0) s^2 / 2) T  (twice the released log_mean_coeff)
             return -(b0 * s + 0.5 * (b1 - b0) * s * s) * T
@@ -205,10 +224,11 @@ class NoiseSchedule:
             return -T * (r0 * r0 * s + r0 * d * s * s + d * d * s**3 / 3)
         return float(np.log(_cosine_f(s) / _cosine_f(0.0)))
 
-    def vp_beta(self, s: float) -> float:
-        """beta(s) = −d log ā / ds of the continuous VP process, at VP time ``s`` ∈ [0, 1]."""
+    def vp_beta(self, s: float, released: bool = False) -> float:
+        """beta(s) = −d log ā / ds of the continuous VP process, at VP time ``s`` ∈ [0, 1] (``released``: as in
+        ``vp_log_alpha_bar``)."""
         T = self.T
-        if self.kind == "linear":
+        if self.kind == "linear" or released:
             b0, b1 = self._vp_beta_ends()
             return (b0 + s * (b1 - b0)) * T
         if self.kind == "quad":

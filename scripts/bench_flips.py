@@ -6,6 +6,10 @@ measurements on the frontier's mixtures (8 components in 3×8×8, linear schedul
 
 * ``origins``: for each method and grid, the step that decided each flip (``runners.frontier.flips``), with the
   mean/median RMSE and the flip count. ``--grid`` adds grids of your own (comma-separated timesteps ending at −1).
+* ``oracle``: how low can a grid take the scored mean at all? Per mixture, scipy's Nelder–Mead on the grid's
+  log-SNR parameterisation minimises the frontier's own score — the RMSE over the 32 *scored* noises — starting
+  from every spacing. This tunes on the scored samples, which the frontier never does: it is a bound on what
+  any grid of the method can reach there, not a result (and the same grid is shown on ``--noises`` others).
 * ``losses``: per mixture, ``tune_timesteps`` with the mse and log losses and two robust ones given as its
   ``distance`` — *cap* (squared distance clipped at c) and *cauchy* (c·log(1 + d/c)) — tuned on other noise
   (seed 90000 + mixture), scored on the frontier's noise (32 per mixture, seed 1000 + mixture) and on
@@ -14,6 +18,7 @@ measurements on the frontier's mixtures (8 components in 3×8×8, linear schedul
     python scripts/bench_flips.py origins --method "UniPC-3(bh2)" --steps 10 \\
         --grid 999,880,780,690,600,480,350,220,110,35,-1                      # ~1 min on 2 cores
     python scripts/bench_flips.py losses --method "UniPC-3(bh2)" --nfe 10      # ~6 min
+    python scripts/bench_flips.py oracle --method "UniPC-3(bh1)" --nfe 5
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from runners.frontier import parse_seeds  # noqa: E402
@@ -32,7 +39,8 @@ from runners.frontier.analytic import MixtureSet  # noqa: E402
 from runners.frontier.flips import flip_origins  # noqa: E402
 from runners.frontier.scores import summarise  # noqa: E402
 from samplers import NoiseSchedule, sample, tune_timesteps  # noqa: E402
-from samplers.tuning import squared_distance  # noqa: E402
+from samplers.grids import SPACINGS, spaced_grid  # noqa: E402
+from samplers.tuning import LogSNRGrid, squared_distance, steps_for_nfe, tunable_method  # noqa: E402
 
 T = 1000
 LOSSES = ("mse", "log", "cap", "cauchy")
@@ -101,9 +109,53 @@ def losses(args, schedule):
               f"{b['median']:.2e} | {b['flips']} |", flush=True)
 
 
+def oracle(args, schedule):
+    seeds = parse_seeds(args.mixtures)
+    scored, scored_exact = problem(seeds, 32, 1000, schedule)
+    more, more_exact = problem(seeds, args.noises, 3000, schedule)
+    print(f"| method (NFE {args.nfe}) | grids | scored mean | median | flips / {32 * len(seeds)} | "
+          f"{args.noises}-noise mean | median | flips / {args.noises * len(seeds)} |\n" + "|---" * 8 + "|")
+    for method in args.method:
+        base = tunable_method(method)[0]
+        steps = steps_for_nfe(base, args.nfe, T)
+        rows = {"best spacing": ([], []), "oracle": ([], [])}
+        for i, m in enumerate(tqdm(scored.mixtures, desc=method, leave=False)):
+            def rmse(grid, x, exact):
+                return float(((sample(m, x, schedule, base.name, timesteps=grid) - exact) ** 2).mean().sqrt())
+
+            def score(grid):
+                return rmse(grid, scored.noises[i], scored_exact[i])
+
+            starts = {name: spaced_grid(schedule, steps, name) for name in SPACINGS}
+            start = min(starts.values(), key=score)
+            best = start
+            for grid0 in starts.values():
+                params = LogSNRGrid.from_grid(schedule, grid0)
+                x0 = params.logits.detach().numpy().copy()
+
+                def objective(z):
+                    with torch.no_grad():
+                        params.logits.copy_(torch.from_numpy(z))
+                    return score(params.floats())
+
+                res = minimize(objective, x0, method="Nelder-Mead",
+                               options=dict(maxfev=args.evaluations, xatol=1e-4, fatol=1e-7))
+                objective(res.x)
+                if score(params.floats()) < score(best):
+                    best = params.floats()
+            for name, grid in (("best spacing", start), ("oracle", best)):
+                rows[name][0].append(sample(m, scored.noises[i], schedule, base.name, timesteps=grid))
+                rows[name][1].append(sample(m, more.noises[i], schedule, base.name, timesteps=grid))
+        for name, (xs, xm) in rows.items():
+            a = summarise(torch.cat(xs), torch.cat(scored_exact), len(seeds), 32)
+            b = summarise(torch.cat(xm), torch.cat(more_exact), len(seeds), args.noises)
+            print(f"| {method} | {name} | {a['rmse']:.2e} | {a['median']:.2e} | {a['flips']} | {b['rmse']:.2e} | "
+                  f"{b['median']:.2e} | {b['flips']} |", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", choices=("origins", "losses"))
+    p.add_argument("part", choices=("origins", "losses", "oracle"))
     p.add_argument("--method", action="append", help="a method of samplers.available() (repeatable; default "
                                                      "UniPC-3(bh2))")
     p.add_argument("--steps", type=int, default=10, help="origins: steps of the default grid")
@@ -113,6 +165,7 @@ def main(argv=None):
     p.add_argument("--c", type=float, default=0.25, help="losses: the robust losses' scale (0.25: RMS 0.5, a flip)")
     p.add_argument("--n-tune", type=int, default=512, help="losses: tuning noises per mixture")
     p.add_argument("--iterations", type=int, default=30, help="losses: full-batch Adam steps")
+    p.add_argument("--evaluations", type=int, default=300, help="oracle: Nelder–Mead evaluations per start")
     p.add_argument("--mixtures", default="0-15", help="mixture seeds, e.g. 0-15 or 0-3,8")
     p.add_argument("--noises", type=int, default=128, help="noises per mixture (seed 3000 + mixture)")
     args = p.parse_args(argv)
@@ -121,7 +174,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown loss {sorted(unknown)[0]!r}; choose from {', '.join(LOSSES)}")
     schedule = NoiseSchedule("linear")
-    (origins if args.part == "origins" else losses)(args, schedule)
+    {"origins": origins, "losses": losses, "oracle": oracle}[args.part](args, schedule)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,18 @@ def test_diffusers_config_the_ddpm_unet_cannot_reproduce_is_refused(golden, tmp_
         load_model(golden["config"], out)
 
 
+@pytest.mark.parametrize("change, message", [
+    # diffusers sizes conv_in and the time embedding by block_out_channels[0]: the export ran, nothing loaded it
+    (dict(ch_mult=[2, 2]), "ch_mult \\[2, 2\\] \\(first entry not 1\\) has no equivalent"),
+    (dict(resamp_with_conv=False), "resamp_with_conv: false has no equivalent"),
+])
+def test_networks_diffusers_cannot_hold_are_refused_before_export(golden, tmp_path, change, message):
+    config = {**golden["config"], **change}
+    with pytest.raises(ValueError, match=message):
+        export_diffusers(build_model({"Model": config}), config, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
 # --- errors ----------------------------------------------------------------------------------------------------
 
 def test_missing_file(tmp_path, golden):

@@ -83,7 +83,7 @@ def test_plan_of_own_timesteps():
 def test_plan_of_pf_has_no_grid_and_no_nfe():
     p = plan("pf", SCHEDULE)
     assert p.method.name == "PF" and p.method.adaptive
-    assert (p.grid, p.nfe, p.convention, p.eta, p.t_start) == (None, None, None, None, 999.0)
+    assert (p.grid, p.nfe, p.convention, p.eta, p.t_start) == (None, None, "standard", None, 999.0)
     assert [n for n in available() if get_method(n).adaptive] == ["PF"]
 
 
@@ -185,7 +185,7 @@ def test_sample_info_of_pf_has_nfe_and_t_start(model):
                      callback=lambda s: seen.append(s["nfe"]))
     assert info.nfe == len(info.model_timesteps) == len(seen) > 10 and seen[-1] == info.nfe
     assert info.t_start == 999.0 == info.model_timesteps[0]
-    assert (info.method, info.convention, info.timesteps) == ("PF", None, None)
+    assert (info.method, info.convention, info.timesteps) == ("PF", "standard", None)
 
 
 @pytest.mark.parametrize("name, steps, convention, t_start", [("DDIM", 10, "standard", 900.0),

@@ -29,10 +29,27 @@ def test_from_config_and_unknown_key():
     ({"diffusion_step": "10"}, "num_timesteps must be an integer"),
     ({"diffusion_step": True}, "num_timesteps must be an integer"),
     ({"type": "linear", "beta_end": 0.7}, "alpha_bar underflows to 0 in float32 from timestep"),
+    # improved-diffusion's key for the schedule was accepted and ignored: a cosine model sampled as linear
+    ({"type": "linear", "noise_schedule": "cosine"}, "noise_schedule is 'cosine' but Schedule.type is 'linear'"),
+    ({"noise_schedule": "cosine", "type": "quad"}, "give one schedule"),
+    ({"noise_schedule": "linear", "diffusion_step": 4000}, "rescaled schedule"),
 ])
 def test_schedules_that_cannot_be_meant_are_refused(section, message):
     with pytest.raises(ValueError, match=message):
         NoiseSchedule.from_config(section)
+
+
+def test_noise_schedule_alone_names_the_schedule():
+    assert NoiseSchedule.from_config({"noise_schedule": "cosine"}).kind == "cosine"
+    assert NoiseSchedule.from_config({"noise_schedule": "linear", "type": "linear"}).kind == "linear"
+    assert NoiseSchedule.from_config({"noise_schedule": "linear", "diffusion_step": 4000, "beta_start": 2.5e-5,
+                                      "beta_end": 5e-3}).T == 4000
+
+
+@pytest.mark.parametrize("value", ["0.0001", None, True])
+def test_beta_start_must_be_a_number(value):
+    with pytest.raises(ValueError, match="beta_start must be a number"):
+        NoiseSchedule(beta_start=value)
 
 
 def test_an_integral_float_step_count_is_that_integer():
