@@ -145,10 +145,11 @@ def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule
         raise ArgumentError(f"grid file {grid.path}: {'; '.join(mismatches)} (add --force to use it anyway)")
 
 
-def _schedule_key(section: dict) -> tuple:
-    """The values that define ā (the released config's keys, with their defaults)."""
+def _schedule_key(section: dict) -> bytes:
+    """The ā table a Schedule section describes, as NoiseSchedule builds it (so every spelling of one schedule,
+    improved-diffusion's ``noise_schedule`` included, is the same key, and the defaults are NoiseSchedule's)."""
+    from samplers import NoiseSchedule
+
     if not isinstance(section, dict):
         raise TypeError(f"a Schedule section is a mapping, got {type(section).__name__}")
-    section = dict(section)
-    return (str(section.get("type", "linear")).lower(), float(section.get("beta_start", 1e-4)),
-            float(section.get("beta_end", 0.02)), int(section.get("diffusion_step", 1000)))
+    return NoiseSchedule.from_config(section).alphas_cumprod.tobytes()

@@ -79,6 +79,7 @@ def test_the_config_key_names_a_grid_too(tiny, tmp_path):
     ("checkpoint", "tuned for checkpoint"),
     ("method", "tuned for DDIM, not S-PNDM"),
     ("schedule", "tuned for schedule"),
+    ("noise_schedule", "tuned for schedule"),  # improved-diffusion's spelling of cosine was read as linear
     ("unrecorded", "does not record the checkpoint"),  # a hand-written grid: provenance unknown
 ])
 def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_path, capsys, case, message):
@@ -88,6 +89,7 @@ def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_pat
     path = {"checkpoint": lambda: grid_file(tmp_path / "g.json", other_ckpt),
             "method": lambda: grid_file(tmp_path / "g.json", ckpt),
             "schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"type": "cosine"}),
+            "noise_schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"noise_schedule": "cosine"}),
             "unrecorded": lambda: unrecorded(grid_file(tmp_path / "g.json", ckpt))}[case]()
     extra = ("--method", "S-PNDM") if case == "method" else ()
     assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2, "--timesteps-file", path,
