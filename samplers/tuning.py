@@ -242,7 +242,12 @@ def check_differentiable(model: Callable, x: Tensor, T: int) -> None:
     x = x[:2].detach().clone().requires_grad_(True)
     t = torch.tensor(0.5 * (T - 1) + 0.37, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
-        eps = TensorTimeModel(model)(x, t)
+        try:
+            eps = TensorTimeModel(model)(x, t)
+        except RuntimeError as e:  # e.g. a model that calls .numpy() on its inputs: autograd cannot follow it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"model failed on x and t that require grad ({first}); learned grids need a "
+                             f"model differentiable in x and t") from None
         if not eps.requires_grad:
             raise ValueError("model is not differentiable in t or x (its ε has no grad_fn; does it run under "
                              "torch.no_grad(), as models.prepare_for_inference does? pass the network itself)")
@@ -447,11 +452,18 @@ def tune_timesteps(
     reference = reference.detach()
     x_tr, r_tr, x_ho, r_ho = x_T[train], reference[train], x_T[held], reference[held]
 
-    def loss_of(grid, x, r):
-        return _loss_of(model, schedule, base, grid, x, r, batch_size, loss, distance)
+    def loss_of(grid, x, r):  # inf where the model's ε is not finite on the grid: a grid to avoid, not to pick
+        value = _loss_of(model, schedule, base, grid, x, r, batch_size, loss, distance)
+        return value if math.isfinite(value) else math.inf
 
     probe = slice(0, 2 * batch_size)  # the start: the lowest loss on (up to) two batches of tuning samples
     start_losses = {name: loss_of(grid, x_tr[probe], r_tr[probe]) for name, grid in starts.items()}
+    finite = {name: grid for name, grid in starts.items() if math.isfinite(start_losses[name])}
+    if not finite:
+        example = ", ".join(f"{t:g}" for t in next(iter(starts.values())))
+        raise ValueError(f"the model's ε (or the loss) is not finite on any start grid of {base.name} with {steps} "
+                         f"steps (e.g. {example}): there is nothing to tune from")
+    starts, start_losses = finite, {name: start_losses[name] for name in finite}
 
     def descend(grid0):
         """Adam from grid0 (LD3's per-sample δ too when slack > 0); yields (train loss, grid) after each step."""
@@ -470,8 +482,13 @@ def tune_timesteps(
                 x = x_tr[idx] if slack == 0 else x_tr[idx] + delta[idx]
                 objective = _per_sample(loss, student(model, schedule, base, x, params.timesteps()), r_tr[idx],
                                         distance).mean()
-                for p, g in zip(wrt, torch.autograd.grad(objective, wrt)):
-                    p.grad = g
+                grads = torch.autograd.grad(objective, wrt)
+            if not all(bool(torch.isfinite(g).all()) for g in (objective, *grads)):
+                # ε not finite somewhere on this grid for this batch: no step (a NaN step would end the grid)
+                yield math.inf, params.floats()
+                continue
+            for p, g in zip(wrt, grads):
+                p.grad = g
             for opt in optimisers:
                 opt.step()
             if slack > 0:

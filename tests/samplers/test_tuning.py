@@ -295,6 +295,11 @@ def test_bad_inputs_are_one_line_value_errors(mixture, problem):
         "round": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.round())),
         "detach": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(x_, t.detach())),
         "no_grad": dict(method="DDIM", nfe=5, model=torch.no_grad()(lambda x_, t: mixture(x_, t))),
+        # autograd cannot follow a model through numpy: was a RuntimeError traceback
+        "numpy": dict(method="DDIM", nfe=5, model=lambda x_, t: mixture(torch.from_numpy(x_.numpy()), t)),
+        # F-PNDM's Runge–Kutta warm-up evaluates ε at t = −1 (ā = 1), where a point mass divides by 0: NaN on
+        # every start grid was an IndexError traceback from NaN timesteps
+        "NaN on every grid": dict(method="F-PNDM", nfe=10, model=PointMass(torch.zeros(1, 2, 4))),
     }
     for what, kw in cases.items():
         kw = dict(dict(model=mixture, x_T=x, reference=ref), **kw)
@@ -304,5 +309,25 @@ def test_bad_inputs_are_one_line_value_errors(mixture, problem):
         assert one_line(e), what
         if what in ("round", "detach", "no_grad"):
             assert "not differentiable" in str(e.value)
-        if what.startswith("NaN"):
+        if what in ("NaN reference", "NaN noise"):
             assert "holds NaN or infinite values" in str(e.value)
+        if what == "numpy":
+            assert "differentiable in x and t" in str(e.value)
+        if what == "NaN on every grid":
+            assert "not finite on any start grid of F-PNDM" in str(e.value)
+
+
+def test_grids_where_the_model_is_not_finite_are_avoided(mixture, problem):
+    # ε is NaN whenever it is asked for at 600 < t < 700: the starts through that window are dropped, and the
+    # grid returned never sits in it (its held-out loss there is inf, never the best)
+    x, ref = problem
+
+    def holey(x_, t):
+        eps = mixture(x_, t)
+        inside = (t > 600) & (t < 700)
+        return torch.where(inside.reshape(-1, *[1] * (x_.ndim - 1)) if inside.ndim else inside, float("nan"), eps)
+
+    grid, info = tune_timesteps(holey, SCHEDULE, "DDIM", 6, x, reference=ref, iterations=4, batch_size=8,
+                                return_info=True)
+    assert not any(600 < t < 700 for t in grid) and math.isfinite(info.held_out_loss)
+    assert all(math.isfinite(v) for v in info.start_losses.values())
