@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from samplers import learn_solver, sample, tune_timesteps
 from samplers.learned import BASE
+from samplers.solver_tuning import grid_stage_holdout
 from samplers.tuning import check_differentiable
 
 from .errors import ArgumentError
@@ -51,7 +52,8 @@ def _run(job: TuneSolverJob) -> dict:
     bar, progress = _bar(f"tuning the {BASE} grid at NFE {job.nfe}", 40)
     with bar:
         grid, grid_info = tune_timesteps(eps, job.schedule, BASE, job.nfe, x_T, reference=reference, seed=job.seed,
-                                         callback=progress, return_info=True)
+                                         holdout=grid_stage_holdout(len(x_T), job.holdout), callback=progress,
+                                         return_info=True)
     bar, progress = _bar(f"learning the solver at NFE {job.nfe}", job.iterations)
     with bar:
         solver, info = learn_solver(eps, job.schedule, job.nfe, x_T, reference=reference, grid=grid,

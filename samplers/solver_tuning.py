@@ -20,8 +20,17 @@ from .api import get_method
 from .grids import as_int
 from .learned import BASE, LearnedSolver, learned_engine
 from .schedule import NoiseSchedule
-from .tuning import LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, check_noise_and_reference, \
-    held_out_count, steps_for_nfe, teacher_solve, tensor_grid, tune_timesteps
+from .tuning import HOLDOUT, LogSNRGrid, TensorTimeModel, _per_sample, check_differentiable, \
+    check_noise_and_reference, steps_for_nfe, teacher_solve, tensor_grid, tune_timesteps
+
+def grid_stage_holdout(n: int, holdout: int) -> int:
+    """How many of n noises the grid stage before ``learn_solver`` (``tune_timesteps`` with the same seed) must
+    hold out so that learn_solver's ``holdout`` noises were never trained on there either: both stages take the
+    first noises of the same seeded permutation as held out, so the grid stage's held-out part must contain
+    learn_solver's — at least ``holdout``, and tune_timesteps' own default fraction when that is more (which
+    keeps the grids of n >= 4·holdout as they were)."""
+    return max(as_int("holdout", holdout), round(n * HOLDOUT))
+
 
 # When the first held-out evaluation is worse than the start, the learning rates are too large for the size of the
 # errors (a step of Adam moves every coefficient by ~lr whatever its gradient: at a teacher distance of 1e-3, as
@@ -125,7 +134,8 @@ def learn_solver(
 
     ``model(x, t)`` must be differentiable in x and t (as for ``tune_timesteps``). ``reference``: the teacher's
     endpoints for x_T (default ``tuning.teacher_solve``). ``grid``: the start grid with ``nfe`` steps (default:
-    ``tune_timesteps(model, schedule, BASE, nfe, x_T, reference=reference, seed=seed)``). Then ``iterations`` Adam
+    ``tune_timesteps(model, schedule, BASE, nfe, x_T, reference=reference, seed=seed,
+    holdout=grid_stage_holdout(len(x_T), holdout))``). Then ``iterations`` Adam
     steps on mini-batches of ``batch_size`` tuning samples train the grid's logits (learning rate ``grid_lr``),
     the predictor and corrector weights of ``history`` data predictions, the network times (unless
     ``network_times=False``) and, with ``affine``, the per-step scales (learning rate ``lr``), both cosine-decayed,
@@ -155,8 +165,6 @@ def learn_solver(
     if not (0 < lr < math.inf and 0 < grid_lr < math.inf):
         raise ValueError(f"need lr > 0 and grid_lr > 0, got {lr} and {grid_lr}")
     check_noise_and_reference(x_T, reference)
-    if grid is None:  # tune_timesteps splits the same noises by its own rule: fail now, not after the teacher
-        held_out_count(x_T.shape[0])
     if grid is not None:
         grid = [float(t) for t in grid]
         LearnedSolver.start(grid)  # its form: decreasing, ending at −1
@@ -168,7 +176,8 @@ def learn_solver(
     reference = reference.detach()
     t_grid = time.perf_counter()
     if grid is None:
-        grid = tune_timesteps(model, schedule, BASE, nfe, x_T, reference=reference, seed=seed)
+        grid = tune_timesteps(model, schedule, BASE, nfe, x_T, reference=reference, seed=seed,
+                              holdout=grid_stage_holdout(x_T.shape[0], holdout))
     seconds_grid = time.perf_counter() - t_grid
 
     eps = TensorTimeModel(model)

@@ -19,6 +19,8 @@ from models import load_model
 from runners.config import load_config
 from samplers import LearnedSolver, NoiseSchedule, learn_solver, plan, sample, tune_timesteps
 from samplers.learned import BASE
+from samplers.solver_tuning import grid_stage_holdout
+from samplers.tuning import _split
 from tests.conftest import REPO
 # the analytic cases and fixtures of the learned grids' tests (the same linear schedule)
 from tests.samplers.test_tuning import PointMass, mixture, noise, one_line, one_thread  # noqa: F401
@@ -96,6 +98,21 @@ def test_affine_scales_act_as_written():
     expected = (1 + s) * (x - sigma * torch.tanh(x)) / alpha + a * x / alpha
     torch.testing.assert_close(sample(model, x, SCHEDULE, solver), expected, rtol=1e-12, atol=1e-12)
     assert solver.affine and not LearnedSolver.start([999.0, -1.0]).affine
+
+
+def test_the_grid_stage_never_trains_on_the_solvers_held_out_noises(mixture, problem):
+    # Both stages hold out the first noises of one seeded permutation; with holdout > n/4 the grid stage used to
+    # hold out only n/4 of them and train on the rest of learn_solver's held-out part.
+    x, ref = problem
+    n, holdout, seed = len(x), 20, 5
+    assert grid_stage_holdout(128, 64) == 64 and grid_stage_holdout(1024, 64) == 256  # n >= 4·holdout: as before
+    grid_train, _ = _split(n, grid_stage_holdout(n, holdout), seed)
+    solver_held = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:holdout]
+    assert not set(grid_train.tolist()) & set(solver_held.tolist())
+    _, info = learn_solver(mixture, SCHEDULE, 4, x, reference=ref, iterations=0, holdout=holdout, seed=seed,
+                           return_info=True)
+    assert info.start_grid == tune_timesteps(mixture, SCHEDULE, BASE, 4, x, reference=ref, seed=seed,
+                                             holdout=grid_stage_holdout(n, holdout))
 
 
 def test_learning_never_ends_above_its_start_and_is_deterministic(mixture, problem):
