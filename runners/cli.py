@@ -215,6 +215,15 @@ def stats_job(args) -> StatsJob:
                     split=pick(args.split, get(cfg, "Dataset", "split", "train")), device=_device(args))
 
 
+def _file_list(flag_value, flag: str, cfg: dict, key: str) -> list:
+    """ablate's grid or solver files: the flag's comma-separated paths, else the config's Sample.<key> (one path;
+    null or absent: none) — the config key must not be ignored where ``sample`` honours it."""
+    if flag_value is not None:
+        return _split(flag_value, flag)
+    path = get(cfg, "Sample", key)
+    return [path] if path else []
+
+
 def ablate_job(args) -> AblateJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
@@ -229,7 +238,7 @@ def ablate_job(args) -> AblateJob:
             if cell not in cells:  # an adaptive method is one cell whatever the steps
                 cells.append(cell)
     model = _model(args, cfg)
-    for path in _split(args.timesteps_file, "--timesteps-file") if args.timesteps_file is not None else []:
+    for path in _file_list(args.timesteps_file, "--timesteps-file", cfg, "timesteps_file"):
         grid = read_grid_file(path)
         check_grid_for(grid, grid.method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
         cell = _tuned_sampling(grid, grid.method, convention, schedule)
@@ -239,7 +248,7 @@ def ablate_job(args) -> AblateJob:
                                 f"and step count")
         if twin is None:
             cells.append(cell)
-    for path in _split(args.solver_file, "--solver-file") if args.solver_file is not None else []:
+    for path in _file_list(args.solver_file, "--solver-file", cfg, "solver_file"):
         solver_file = read_solver_file(path)
         check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
         cell = _learned_sampling(solver_file, convention, schedule)
