@@ -127,6 +127,7 @@ class TrainState:
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise ResumeError(f"the checkpoint does not fit the model/optimizer the config builds: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        _apply_optim_settings(self.optimizer, settings)
         if self.ema is not None:
             if "ema" not in state:
                 say("resume: the checkpoint has no EMA weights; the EMA restarts from the current weights")
@@ -223,3 +224,16 @@ def _gather(obj, dist) -> list:
     out = [None] * dist.world if dist.is_main else None
     tdist.gather_object(obj, out, dst=0)
     return out
+
+
+def _apply_optim_settings(optimizer: torch.optim.Optimizer, settings: Settings) -> None:
+    """The config's Optim values over the ones a resumed optimiser state carries: load_state_dict restores the
+    saved hyper-parameters, so a changed beta1/eps/weight_decay would be reported and recorded but not used (lr is
+    set at every step by the loop). amsgrad cannot change: Adam's saved state has (or lacks) the running maximum."""
+    for group in optimizer.param_groups:
+        if bool(group.get("amsgrad", False)) != settings.amsgrad:
+            raise ResumeError(f"Optim.amsgrad cannot change on resume ({group.get('amsgrad')} → {settings.amsgrad}): "
+                              f"Adam's saved state {'lacks' if settings.amsgrad else 'has'} its running maximum; "
+                              f"start a new run for it")
+        group["betas"] = (settings.beta1, group["betas"][1])
+        group["eps"], group["weight_decay"] = settings.eps, settings.weight_decay

@@ -216,6 +216,21 @@ def test_resume_with_changed_settings_records_them_from_their_step(tmp_path, cap
         "max_steps: 2", "max_steps: 4")
 
 
+def test_resume_applies_changed_optimiser_settings(tmp_path):
+    """Adam's load_state_dict restores the saved beta1/eps/weight_decay: a change was reported and recorded but
+    the run kept training with the old values. amsgrad cannot change (the saved state has no running maximum)."""
+    config = write_config(tmp_path, Train={"snapshot_freq": 2, "sample_freq": 0, "log_freq": 2},
+                          Optim={"warmup": 0})
+    workdir = tmp_path / "run"
+    train(config, workdir, 2)
+    train(config, workdir, 3, resume=True, overrides=["Optim.beta1=0.5", "Optim.eps=0.1", "Optim.weight_decay=0.25"])
+    group = last(workdir)["optimizer"]["param_groups"][0]
+    assert (group["betas"][0], group["eps"], group["weight_decay"]) == (0.5, 0.1, 0.25)
+    with pytest.raises(ResumeError, match="Optim.amsgrad cannot change on resume") as err:
+        train(config, workdir, 4, resume=True, overrides=["Optim.amsgrad=true"])
+    assert "\n" not in str(err.value)
+
+
 def test_checkpoints_load_as_ema_weights(straight):
     config, workdir, _ = straight
     cfg = load_config(config)
