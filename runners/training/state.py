@@ -98,6 +98,8 @@ class TrainState:
         self.saved_at = self.step  # before ema.pt: an interruption now is reported with this checkpoint
         if "ema" in state:
             save_torch_atomic(state["ema"], Path(folder) / EMA_FILE)
+        else:  # EMA switched off on a resume: an ema.pt left from before would be sampled as this run's weights
+            (Path(folder) / EMA_FILE).unlink(missing_ok=True)
 
     def restore(self, state: dict, *, cfg: dict, settings: Settings, dist, say: Callable[[str], None]) -> None:
         """Continue from a checkpoint: weights, EMA, optimiser, position and this rank's dropout stream. A changed

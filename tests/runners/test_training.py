@@ -231,6 +231,15 @@ def test_resume_applies_changed_optimiser_settings(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_switching_ema_off_on_resume_removes_the_stale_ema_file(tmp_path):
+    config = write_config(tmp_path, Train={"snapshot_freq": 2, "sample_freq": 0, "log_freq": 2})
+    workdir = tmp_path / "run"
+    train(config, workdir, 2)
+    assert (workdir / "checkpoints" / "ema.pt").exists()
+    train(config, workdir, 4, resume=True, overrides=["Train.ema=false"])
+    assert "ema" not in last(workdir) and not (workdir / "checkpoints" / "ema.pt").exists()
+
+
 def test_checkpoints_load_as_ema_weights(straight):
     config, workdir, _ = straight
     cfg = load_config(config)
