@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "solver (DPM-Solver++(2M)@learned in the tables)")
     p.add_argument("--force", action="store_true",
                    help="use grid or solver files tuned for another checkpoint or schedule")
-    p.add_argument("--out", required=True, help="output folder: DIR/<method>-<steps>[-s<seed>]/, results.*")
+    p.add_argument("--out", required=True, help="output folder: DIR/<method>-<steps>/seed<seed>/ per cell and "
+                                                "seed (PF: DIR/PF/seed<seed>/), results.*")
 
     p = sub.add_parser("tune-grid", help="learn a time grid for this network and method at a given NFE")
     _common(p)

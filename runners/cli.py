@@ -225,6 +225,8 @@ def _file_list(flag_value, flag: str, cfg: dict, key: str) -> list:
 
 
 def ablate_job(args) -> AblateJob:
+    if args.seed is not None:  # sample's flag; ablate's seeds are a list, and --seed was silently ignored
+        raise ArgumentError("ablate takes --seeds (comma-separated, default FID.seeds), not --seed")
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
     convention = _convention(args, cfg)

@@ -232,6 +232,7 @@ CASES = [
     Case("ablate: one sample", A[:-4] + ["--num-samples", "1", "--steps", "2", "--methods", "DDIM"], 2,
          "at least 2 for a FID"),
     Case("ablate: negative seed", A + ["--seeds", "0,-1"], 2, "--seeds must be at least 0"),
+    Case("ablate: --seed (sample's flag) was ignored", A + ["--seed", "7"], 2, "ablate takes --seeds"),
     Case("ablate: unknown method", A[:-2] + ["--methods", "DDIM,RK9"], 2, "unknown method 'RK9'"),
 ]
 
