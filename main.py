@@ -87,7 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--samples", required=True, help="folder of images (e.g. written by 'sample')")
     _features(p, "reference statistics .npz (default: FID.stats)")
-    p.add_argument("--batch-size", type=int, default=None, help="feature batch size (default: FID.batch_size)")
 
     p = sub.add_parser("stats", help="reference statistics (mu, sigma) of a dataset split or an image folder")
     _common(p)
@@ -95,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="dataset split when --source is not given (default: train)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights file")
-    p.add_argument("--batch-size", type=int, default=None, help="feature batch size (default: FID.batch_size)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="dataset images loaded per batch (default: FID.batch_size); the feature network always sees "
+                        "chunks of 64, so the statistics do not depend on it")
 
     p = sub.add_parser("ablate", help="methods × steps × seeds: FID and distance to a reference solution")
     _common(p)

@@ -63,7 +63,7 @@ def _check_model(cfg: dict) -> None:
                           f"input's shape (check out_ch / out_channels against in_channels)")
 
 
-def _fid_spec(cfg: dict, stats, weights, batch_size) -> FidSpec:
+def _fid_spec(cfg: dict, stats, weights) -> FidSpec:
     from .features import EXTRACTORS, extractor_weights
     from .fid import check_compatible, load_stats
 
@@ -73,8 +73,7 @@ def _fid_spec(cfg: dict, stats, weights, batch_size) -> FidSpec:
     weights = extractor_weights(name, pick(weights, get(cfg, "FID", "extractor_weights")))
     check_compatible(reference, EXTRACTORS[name])
     return FidSpec(stats_path=str(stats), stats_sha256=sha256_file(stats), reference=reference, extractor=name,
-                   extractor_weights=weights, extractor_sha256=sha256_file(weights),
-                   batch_size=positive("--batch-size", pick(batch_size, get(cfg, "FID", "batch_size", 200))))
+                   extractor_weights=weights, extractor_sha256=sha256_file(weights))
 
 
 def _sampling(method: str, steps, convention: str, schedule, eta=None, explicit_steps: bool = False) -> Sampling:
@@ -177,7 +176,7 @@ def sample_job(args) -> SampleJob:
         num_samples=positive("--num-samples", pick(args.num_samples, get(cfg, "Sample", "total_num"))),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         image_shape=image_shape(cfg), device=_device(args),
-        fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if args.fid else None)
+        fid=_fid_spec(cfg, args.stats, args.inception_weights) if args.fid else None)
     for flag, value in (("--stats", args.stats), ("--inception-weights", args.inception_weights)):
         if value is not None and not args.fid:  # a flag that would change nothing is a mistake
             raise ArgumentError(f"{flag} is for the FID: add --fid")
@@ -191,7 +190,7 @@ def fid_job(args) -> FidJob:
     folder = Path(args.samples)
     if not args.samples.strip() or not folder.is_dir():
         raise UserError(f"samples folder not found: {folder}")
-    return FidJob(samples=folder, fid=_fid_spec(cfg, args.stats, args.inception_weights, args.batch_size),
+    return FidJob(samples=folder, fid=_fid_spec(cfg, args.stats, args.inception_weights),
                   image_shape=_shape_or_rgb(cfg), device=_device(args))
 
 
@@ -206,6 +205,9 @@ def stats_job(args) -> StatsJob:
         raise UserError(f"--source folder not found: {source}")
     if source is not None and args.split is not None:
         raise ArgumentError("--split names a split of the config's dataset; with --source the images are the folder's")
+    if source is not None and args.batch_size is not None:
+        raise ArgumentError("--batch-size is the dataset loader's batch; with --source the folder's files are read "
+                            "one feature chunk at a time")
     name = get(cfg, "FID", "extractor", "inception")
     return StatsJob(out=check_replaceable_output(args.out, "statistics"), extractor=name,
                     extractor_weights=extractor_weights(name, pick(args.inception_weights,
@@ -266,7 +268,7 @@ def ablate_job(args) -> AblateJob:
         raise ArgumentError(f"--num-samples must be at least 2 for a FID, got {num}")
     return AblateJob(
         config=cfg, out=check_output_folder(args.out), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
-        schedule=schedule, model=model, fid=_fid_spec(cfg, args.stats, args.inception_weights, None),
+        schedule=schedule, model=model, fid=_fid_spec(cfg, args.stats, args.inception_weights),
         num_samples=positive("--num-samples", num),
         batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
         reference_samples=positive("--reference-samples",
@@ -353,7 +355,7 @@ def tune_job(args) -> TuneJob:
                    image_shape=image_shape(cfg), device=_device(args), loss=loss,
                    learn_first=bool(args.learn_first), last=args.last, objective=args.objective,
                    evaluations=None if args.evaluations is None else nonnegative("--evaluations", args.evaluations),
-                   fid=_fid_spec(cfg, args.stats, args.inception_weights, None) if fid else None)
+                   fid=_fid_spec(cfg, args.stats, args.inception_weights) if fid else None)
 
 
 def tune_solver_job(args) -> TuneSolverJob:

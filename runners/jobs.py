@@ -26,7 +26,6 @@ class FidSpec:
     extractor: str  # 'inception' | 'digits'
     extractor_weights: Optional[str]
     extractor_sha256: Optional[str]
-    batch_size: int
 
     def identity(self) -> dict:
         return {"stats_sha256": self.stats_sha256, "extractor": self.extractor,

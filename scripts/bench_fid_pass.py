@@ -261,7 +261,7 @@ def main() -> None:
         synthetic_reference(stats_path, "synthetic N(0, I)", digest)
         extractor = build_extractor("inception", str(weights), device, sha256=digest)
         reference = load_stats(stats_path)
-        spec = FidSpec(str(stats_path), sha256_file(stats_path), reference, "inception", str(weights), digest, 64)
+        spec = FidSpec(str(stats_path), sha256_file(stats_path), reference, "inception", str(weights), digest)
         torch.manual_seed(0)
         model = build_model({"Model": SMALL_UNET}).to(device).eval()
         eps = prepare_for_inference(model)

@@ -186,8 +186,6 @@ CASES = [
     Case("fid: manifest without a count", F + ["--samples", "{countless_manifest}"], 2,
          "records no sample count", absent=[]),
     Case("fid: missing folder", F + ["--samples", "{root}/none"], 2, "samples folder not found", absent=[]),
-    Case("fid: zero batch", F + ["--samples", "{done}", "--batch-size", "0"], 2, "--batch-size must be at least 1",
-         absent=[]),
     Case("fid: bad extractor weights", F + ["--samples", "{done}", "--set", "FID.extractor_weights={garbage}"], 2,
          "cannot load the digits classifier weights", absent=[]),
     # stats
@@ -220,8 +218,11 @@ CASES = [
                                              "--inception-weights", "{garbage}"], 2,
          "cannot load the FID Inception weights"),
     Case("stats: one image", T + ["--source", "{one_image}", "--out", "{out}"], 2, "at least 2 images"),
-    Case("stats: zero batch", T + ["--source", "{done}", "--out", "{out}", "--batch-size", "0"], 2,
-         "--batch-size must be at least 1"),
+    Case("stats: zero batch", T + ["--out", "{out}", "--batch-size", "0"], 2, "--batch-size must be at least 1"),
+    Case("stats: --batch-size with --source changes nothing", T + ["--source", "{done}", "--out", "{out}",
+                                                                   "--batch-size", "8"], 2,
+         "--batch-size is the dataset loader's batch"),
+
     # ablate
     Case("ablate: empty steps", A[:-4] + ["--steps", ",", "--methods", "DDIM"], 2, "names nothing"),
     Case("ablate: steps not numbers", A[:-4] + ["--steps", "5,x", "--methods", "DDIM"], 2, "comma-separated"),
@@ -386,3 +387,10 @@ def test_ablation_rescores_or_resamples_when_a_score_setting_changes(ablated, ch
         assert after["fid"] != before["fid"] and after["rms"] == before["rms"]
     else:
         assert after == before
+
+
+def test_fid_has_no_batch_size_flag(capsys):
+    # it was accepted, checked and never used (the feature network always sees chunks of 64)
+    with pytest.raises(SystemExit) as e:
+        main(["fid", "--config", "x.yml", "--samples", "x", "--batch-size", "8"])
+    assert e.value.code == 2 and "unrecognized arguments: --batch-size 8" in capsys.readouterr().err
