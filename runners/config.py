@@ -19,7 +19,7 @@ from .files import write_text_atomic
 
 
 # type names: int, int>0, float, bool, str, path (a str resolved against the config's folder), list[int],
-# list[int>0]. Network sizes are int>0: a zero width would build a network of empty tensors that fails later
+# list[int>0], csv (a comma-separated list as a string; a number or a YAML list of them is accepted too). Network sizes are int>0: a zero width would build a network of empty tensors that fails later
 # with torch's warning and an unrelated message.
 SCHEMA: dict[str, dict[str, str]] = {
     "Schedule": {
@@ -67,7 +67,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "FID": {
         "stats": "path", "extractor": "str", "extractor_weights": "path", "num_samples": "int",
-        "batch_size": "int", "methods": "str", "steps": "str", "seeds": "str",
+        "batch_size": "int", "methods": "csv", "steps": "csv", "seeds": "csv",
         "reference_samples": "int", "noise_floor": "bool",
     },
 }
@@ -75,7 +75,8 @@ SCHEMA: dict[str, dict[str, str]] = {
 
 def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
     def bad():
-        wanted = {"int>0": "a positive int", "list[int>0]": "a list of positive ints"}.get(kind, kind)
+        wanted = {"int>0": "a positive int", "list[int>0]": "a list of positive ints",
+                  "csv": "a comma-separated list (or a number, or a list)"}.get(kind, kind)
         return ConfigError(f"{where}: expected {wanted}, got {value!r}")
 
     if kind.endswith("?"):  # optional: null switches it off (e.g. --set Sample.timesteps_file=null)
@@ -96,6 +97,13 @@ def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
             return float(value)  # YAML 1.1 reads '1e-4' as a string
         except (TypeError, ValueError):
             raise bad() from None
+    if kind == "csv":  # a comma-separated list, also written as one number or a YAML list (steps: 5, seeds: [0, 1])
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, str):
+            return value
+        if not items or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in items):
+            raise bad()
+        return ",".join(str(v) for v in items)
     if kind in ("str", "path"):
         if not isinstance(value, str):
             raise bad()

@@ -266,6 +266,18 @@ def test_network_sizes_must_be_positive(tiny, tmp_path, capsys, setting, message
     assert not out.exists()
 
 
+def test_ablation_lists_may_be_numbers_or_yaml_lists():
+    # `steps: 5` or `--set FID.seeds=1` were refused as "expected str": a single value had to be quoted
+    from runners.config import validate
+    from runners.errors import ConfigError
+
+    got = validate({"FID": {"steps": 5, "seeds": [0, 1], "methods": ["DDIM", "F-PNDM"]}}, "c.yml")["FID"]
+    assert got == {"steps": "5", "seeds": "0,1", "methods": "DDIM,F-PNDM"}
+    for bad in (True, [], [1.5], {"a": 1}):
+        with pytest.raises(ConfigError, match="FID.steps: expected a comma-separated list"):
+            validate({"FID": {"steps": bad}}, "c.yml")
+
+
 @pytest.mark.parametrize("edit, message", [
     # PyYAML keeps the last of two equal keys: the first setting, or a whole first section, vanished unseen
     (lambda text: text.replace("  steps: 5\n", "  steps: 5\n  steps: 20\n"), "duplicate key 'steps' (line"),
