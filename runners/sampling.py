@@ -123,16 +123,38 @@ def effective_config(job: SampleJob) -> dict:
             "Model": {**cfg.get("Model", {}), "ckpt": job.model.checkpoint}}
 
 
-def write_manifest(out_dir: Path, job: SampleJob, nfe: Optional[int], status: str, seconds: float = 0.0) -> None:
+def write_manifest(out_dir: Path, job: SampleJob, nfe, status: str, seconds: float = 0.0,
+                   nfe_images: Optional[int] = None) -> None:
+    """``nfe``: the method's (fixed-step), or for an adaptive one the mean over images of their batch's NFE,
+    over the ``nfe_images`` images whose NFE this folder's runs recorded (``NfeTally``)."""
     s = job.sampling
+    extra = {} if nfe_images is None else {"nfe_images": nfe_images}
     write_json_atomic(out_dir / MANIFEST, {
         "status": status, "identity": job.identity(), "method": s.method, "steps": s.steps,
-        "convention": s.convention, "nfe": nfe, "num_samples": job.num_samples, "seed": job.seed,
+        "convention": s.convention, "nfe": nfe, **extra, "num_samples": job.num_samples, "seed": job.seed,
         "checkpoint": job.model.checkpoint, "checkpoint_sha256": job.model.checkpoint_sha256,
         "precision": job.model.precision, "seconds": seconds, "config": effective_config(job),
         "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
+
+
+class NfeTally:
+    """An adaptive solver's NFE differs between batches (PF's step control sees the whole batch): the manifest
+    records the mean over images of their batch's NFE, combined with what earlier runs into the folder recorded,
+    not the last batch's."""
+
+    def __init__(self, previous: dict):
+        count = previous.get("nfe_images")
+        self.count = int(count) if isinstance(count, int) else 0
+        self.total = float(previous.get("nfe") or 0.0) * self.count
+
+    def add(self, nfe: int, images: int) -> None:
+        self.total += nfe * images
+        self.count += images
+
+    def mean(self) -> Optional[float]:
+        return round(self.total / self.count, 1) if self.count else None
 
 
 class OnePass:
@@ -201,34 +223,42 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
         if own.keep:
             move_to_layout(out_dir, int(previous.get("num_samples", job.num_samples)), job.num_samples)
         drop_stale_fid(out_dir, job.num_samples)
-        write_manifest(out_dir, job, previous.get("nfe", job.sampling.nfe), "running", previous.get("seconds", 0.0))
+        write_manifest(out_dir, job, previous.get("nfe", job.sampling.nfe), "running", previous.get("seconds", 0.0),
+                       previous.get("nfe_images"))
 
     with contextlib.ExitStack() as stack:
         own = main_owns(dist, stack, out_dir, (MANIFEST,), start)
         started = time.perf_counter()
+        adaptive = job.sampling.nfe is None
+        tally = NfeTally(read_json(out_dir / MANIFEST) if dist.is_main and adaptive else {})
         try:
-            nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass())
+            nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass(), tally)
         except BaseException:
             if dist.is_main and own.keep:  # the manifest's seconds count interrupted attempts too
                 with contextlib.suppress(Exception):
                     previous = read_json(out_dir / MANIFEST)
-                    write_manifest(out_dir, job, previous.get("nfe"), "running",
-                                   previous.get("seconds", 0.0) + time.perf_counter() - started)
+                    write_manifest(out_dir, job, tally.mean() if adaptive else previous.get("nfe"), "running",
+                                   previous.get("seconds", 0.0) + time.perf_counter() - started,
+                                   tally.count if adaptive else None)
             raise
+        if adaptive:  # every rank's batches (a collective: all ranks call it)
+            total, count = dist.sum(np.array([tally.total, tally.count], dtype=np.float64))
+            tally.total, tally.count = float(total), int(count)
         dist.barrier()
         if dist.is_main:
             previous = read_json(out_dir / MANIFEST)
             missing = [i for i in range(job.num_samples) if not sample_path(out_dir, i, job.num_samples).exists()]
             if missing:
                 raise RuntimeError(f"{len(missing)} samples are missing after sampling (first: {missing[0]})")
-            nfe = nfe if nfe is not None else previous.get("nfe")
-            write_manifest(out_dir, job, nfe, "complete", previous.get("seconds", 0.0) + elapsed)
+            nfe = tally.mean() if adaptive else nfe if nfe is not None else previous.get("nfe")
+            write_manifest(out_dir, job, nfe, "complete", previous.get("seconds", 0.0) + elapsed,
+                           tally.count if adaptive else None)
         dist.barrier()
     return read_json(out_dir / MANIFEST)
 
 
 def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool,
-                  one_pass: OnePass) -> tuple[Optional[int], float]:
+                  one_pass: OnePass, tally: NfeTally) -> tuple[Optional[int], float]:
     s, out_dir = job.sampling, Path(job.out)
     mine = list(range(dist.rank, job.num_samples, dist.world))
     todo = [i for i in mine if not sample_path(out_dir, i, job.num_samples).exists()]
@@ -250,6 +280,7 @@ def _write_images(job: SampleJob, eps: Callable, dist: Dist, own, progress: bool
                     raise ModelOutputError(f"{e} — sampling {s.method} with this checkpoint and schedule "
                                            f"diverges") from None
                 nfe = info.nfe
+                tally.add(info.nfe, len(batch))
                 images = to_uint8(x0, job.centered).cpu()  # waits for the device: the batch is finished
                 one_pass.seconds["sampling"] += time.perf_counter() - started
                 writer.submit([sample_path(out_dir, i, job.num_samples) for i in batch], images)
@@ -277,8 +308,9 @@ def run_sample_job(job: SampleJob) -> dict:
         stats = one_pass.statistics(dist) if extractor is not None else None
         if dist.is_main:
             s = job.sampling
-            print(f"{manifest['num_samples']} samples in {job.out} ({s.label}, {s.steps} steps, "
-                  f"NFE {manifest['nfe']})")
+            ran = s.label if s.steps is None else f"{s.label}, {s.steps} steps"
+            nfe = manifest["nfe"] if s.nfe is not None else f"{manifest['nfe']} on average"
+            print(f"{manifest['num_samples']} samples in {job.out} ({ran}, NFE {nfe})")
             if job.fid is not None:
                 started = time.perf_counter()
                 fid_of_sample_folder(Path(job.out), job.fid, extractor, job.image_shape, write=True, stats=stats,

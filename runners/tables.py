@@ -50,8 +50,8 @@ def _nfe_of(rs: list) -> str:
     """A cell's NFE over its seeds: one number, or the mean and range where an adaptive solver's NFE varied."""
     nfes = [r["nfe"] for r in rs]
     if min(nfes) == max(nfes):
-        return str(nfes[0])
-    return f"{_mean_nfe(rs):.0f}, {min(nfes)}–{max(nfes)}"
+        return f"{nfes[0]:g}"
+    return f"{_mean_nfe(rs):.0f}, {min(nfes):.0f}–{max(nfes):.0f}"
 
 
 def results_markdown(rows: list, floors=()) -> str:
@@ -151,6 +151,6 @@ def _log_tensorboard(out: Path, rows: list) -> None:
     with SummaryWriter(str(folder)) as w:
         for r in rows:
             tag = f"{r['method']}/seed{r['seed']}"
-            w.add_scalar(f"fid/{tag}", r["fid"], global_step=r["nfe"])
+            w.add_scalar(f"fid/{tag}", r["fid"], global_step=round(r["nfe"]))  # an adaptive cell's is a mean
             if not math.isnan(r["rms"]):
-                w.add_scalar(f"rms/{tag}", r["rms"], global_step=r["nfe"])
+                w.add_scalar(f"rms/{tag}", r["rms"], global_step=round(r["nfe"]))

@@ -379,3 +379,34 @@ def test_torchrun_stops_every_rank_when_rank_0_refuses_the_folder(tiny, tmp_path
     assert proc.returncode != 0
     assert "different configuration (differs in: method" in proc.stderr
     assert "rank 0 of this torchrun job could not start" in proc.stderr
+
+
+def test_an_adaptive_solvers_nfe_is_the_mean_over_its_images(tmp_path, monkeypatch):
+    """PF's NFE differs between batches (its step control sees the whole batch); the manifest held the last
+    batch's. It now holds the mean over images of their batch's NFE, also across a run that extends the folder."""
+    import runners.sampling
+
+    seen = []  # (NFE, images) of every batch the runner sampled
+
+    def spy(*args, **kwargs):
+        x0, info = real(*args, **kwargs)
+        seen.append((info.nfe, len(args[1])))
+        return x0, info
+
+    real = runners.sampling.sample
+    monkeypatch.setattr(runners.sampling, "sample", spy)
+    out = tmp_path / "pf"
+    # a trained network: a random tiny one gives PF the same NFE for every batch, and the test would see nothing
+    common = ["sample", "--config", str(REPO / "configs" / "digits.yml"), "--method", "PF", "--batch-size", "2",
+              "--out", str(out), "--device", "cpu"]
+
+    def mean():
+        return round(sum(n * k for n, k in seen) / sum(k for _, k in seen), 1)
+
+    assert main([*common, "--num-samples", "4"]) == 0
+    assert len({n for n, _ in seen}) > 1
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["nfe"], m["nfe_images"]) == (mean(), 4) and m["nfe"] != seen[-1][0]
+    assert main([*common, "--num-samples", "5"]) == 0  # extends the folder by one image (a batch of its own)
+    m = json.loads((out / "manifest.json").read_text())
+    assert len(seen) == 3 and (m["nfe"], m["nfe_images"]) == (mean(), 5)
