@@ -145,6 +145,10 @@ def sample_job(args) -> SampleJob:
         raise ArgumentError("a tuned grid (--timesteps-file / Sample.timesteps_file) and a learned solver "
                             "(--solver-file / Sample.solver_file) both given; a learned solver brings its own grid "
                             "(switch the config's off with --set Sample.timesteps_file=null)")
+    # the job's config names the files that run (the manifest's effective config must reproduce the run)
+    cfg = {**cfg, "Sample": {**cfg.get("Sample", {}),
+                             "timesteps_file": None if grid_path is None else str(Path(grid_path).resolve()),
+                             "solver_file": None if solver_path is None else str(Path(solver_path).resolve())}}
     if solver_path is not None:
         solver_file = read_solver_file(solver_path)
         for flag, value in (("--steps", args.steps), ("--method", args.method)):

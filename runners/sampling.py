@@ -112,15 +112,26 @@ def drop_stale_fid(out_dir: Path, num_samples: int) -> None:
 
 
 def effective_config(job: SampleJob) -> dict:
-    """The config as this run used it: the file's, with the Sample settings and checkpoint that the command line
-    overrode replaced by the values that ran (a manifest must not show the file's steps for a --steps run)."""
+    """The config as this run used it: the file's, with every setting the command line can override replaced by
+    the value that ran (a manifest must not show the file's steps for a --steps run), so that the config fed back
+    to ``sample`` makes the same images: Sample's method, steps, convention, η, seed, count, batch size,
+    precision, compile and the tuned grid or learned solver file (``SampleJob.config`` carries the file that ran),
+    the checkpoint, and with --fid the statistics and feature weights."""
     s, cfg = job.sampling, job.config
     ran = {"method": s.method, "steps": s.steps, "convention": s.convention, "total_num": job.num_samples,
-           "seed": job.seed, "batch_size": job.batch_size}
+           "seed": job.seed, "batch_size": job.batch_size, "precision": job.model.precision,
+           "compile": job.model.compile}
     if s.eta is not None:
         ran["eta"] = s.eta
-    return {**cfg, "Sample": {**cfg.get("Sample", {}), **ran},
-            "Model": {**cfg.get("Model", {}), "ckpt": job.model.checkpoint}}
+    # absolute paths: a config's relative paths are read against its own folder, a flag's against the cwd
+    out = {**cfg, "Sample": {**cfg.get("Sample", {}), **ran},
+           "Model": {**cfg.get("Model", {}), "ckpt": str(Path(job.model.checkpoint).resolve())}}
+    if job.fid is not None:
+        fid = {"stats": str(Path(job.fid.stats_path).resolve()), "extractor": job.fid.extractor}
+        if job.fid.extractor_weights is not None:
+            fid["extractor_weights"] = str(Path(job.fid.extractor_weights).resolve())
+        out["FID"] = {**cfg.get("FID", {}), **fid}
+    return out
 
 
 def write_manifest(out_dir: Path, job: SampleJob, nfe, status: str, seconds: float = 0.0,

@@ -109,6 +109,10 @@ def test_extractor_weights_sha256_in_statistics_and_fid_json(tiny, tmp_path, cap
     with np.load(stats) as f:
         assert str(f["extractor_sha256"]) == digest
     assert load_stats(stats)["extractor_sha256"] == digest
+    # the manifest's config names the statistics a --stats run scored against (it kept the config file's)
+    assert sample(cfg, tmp_path / "own", "--num-samples", 4, "--fid", "--stats", stats) == 0
+    recorded = json.loads((tmp_path / "own" / "manifest.json").read_text())["config"]["FID"]
+    assert recorded["stats"] == str(stats) and recorded["extractor_weights"] == str(DIGITS_WEIGHTS)
 
     # statistics of other weights of the same network are refused before sampling, in one line
     other = tmp_path / "other.pt"

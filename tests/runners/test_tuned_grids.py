@@ -297,3 +297,23 @@ def test_ablate_reads_the_config_key_too(tiny, tmp_path, capsys):
                "--num-samples", 4, "--set", f"Sample.timesteps_file={path}") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tuned for checkpoint" in err and "--force" in err
+
+
+def test_the_manifests_config_reproduces_the_run(tiny, tmp_path):
+    """Fed back to `sample`, manifest.json's effective config must make the same images: it lacked the precision,
+    the grid file and the --stats of the run (a bf16 run on a tuned grid came back fp32 on the method's own grid)."""
+    cfg, ckpt = tiny
+    grid = grid_file(tmp_path / "g.json", ckpt, method="UniPC-3(bh2)")
+    first = tmp_path / "first"
+    assert run("sample", "--config", cfg, "--out", first, "--num-samples", 3, "--seed", 5, "--batch-size", 2,
+               "--precision", "bf16", "--timesteps-file", grid) == 0
+    recorded = json.loads((first / "manifest.json").read_text())["config"]
+    assert recorded["Sample"]["timesteps_file"] == str(grid.resolve()) and recorded["Sample"]["precision"] == "bf16"
+    again_cfg = tmp_path / "again.yml"
+    again_cfg.write_text(yaml.safe_dump(recorded))
+    again = tmp_path / "again"
+    assert run("sample", "--config", again_cfg, "--out", again) == 0
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (first, again))
+    assert a["identity"] == b["identity"] and (a["num_samples"], a["precision"]) == (b["num_samples"], "bf16")
+    for i in range(3):
+        assert sample_path(first, i, 3).read_bytes() == sample_path(again, i, 3).read_bytes()
