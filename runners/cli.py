@@ -100,7 +100,8 @@ def _tuned_sampling(grid, method: str, convention: str, schedule, eta=None) -> S
         p = resolve_plan(method, schedule, None, convention, eta, timesteps=grid.timesteps)
     except ArgumentError as e:
         raise ArgumentError(f"grid file {grid.path}: {e}") from None
-    return Sampling(p.method.name, len(grid.timesteps) - 1, convention, eta, p.nfe, tuple(grid.timesteps))
+    return Sampling(p.method.name, len(grid.timesteps) - 1, convention, eta, p.nfe, tuple(grid.timesteps),
+                    file=str(Path(grid.path).resolve()))
 
 
 def _learned_sampling(solver_file, convention: str, schedule, eta=None) -> Sampling:
@@ -112,7 +113,8 @@ def _learned_sampling(solver_file, convention: str, schedule, eta=None) -> Sampl
     from samplers.learned import BASE
 
     solver = solver_file.solver
-    return Sampling(BASE, solver.nfe, convention, None, p.nfe, solver.timesteps, solver)
+    return Sampling(BASE, solver.nfe, convention, None, p.nfe, solver.timesteps, solver,
+                    file=str(Path(solver_file.path).resolve()))
 
 
 def _model(args, cfg: dict):
@@ -145,10 +147,6 @@ def sample_job(args) -> SampleJob:
         raise ArgumentError("a tuned grid (--timesteps-file / Sample.timesteps_file) and a learned solver "
                             "(--solver-file / Sample.solver_file) both given; a learned solver brings its own grid "
                             "(switch the config's off with --set Sample.timesteps_file=null)")
-    # the job's config names the files that run (the manifest's effective config must reproduce the run)
-    cfg = {**cfg, "Sample": {**cfg.get("Sample", {}),
-                             "timesteps_file": None if grid_path is None else str(Path(grid_path).resolve()),
-                             "solver_file": None if solver_path is None else str(Path(solver_path).resolve())}}
     if solver_path is not None:
         solver_file = read_solver_file(solver_path)
         for flag, value in (("--steps", args.steps), ("--method", args.method)):

@@ -7,7 +7,7 @@ files, and a folder holding results of another identity is refused instead of be
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +45,8 @@ class Sampling:
     nfe: Optional[int] = None  # known in advance except for adaptive methods
     timesteps: Optional[tuple] = None  # a tuned grid (main.py tune-grid), replacing the method's own
     solver: Optional[LearnedSolver] = None  # a learned solver (main.py tune-solver)
+    # the grid or solver file it came from, for the manifest's config (not part of what the setting is)
+    file: Optional[str] = field(default=None, compare=False)
 
     @property
     def label(self) -> str:

@@ -115,12 +115,15 @@ def effective_config(job: SampleJob) -> dict:
     """The config as this run used it: the file's, with every setting the command line can override replaced by
     the value that ran (a manifest must not show the file's steps for a --steps run), so that the config fed back
     to ``sample`` makes the same images: Sample's method, steps, convention, η, seed, count, batch size,
-    precision, compile and the tuned grid or learned solver file (``SampleJob.config`` carries the file that ran),
+    precision, compile and the tuned grid or learned solver file (``Sampling.file``),
     the checkpoint, and with --fid the statistics and feature weights."""
     s, cfg = job.sampling, job.config
     ran = {"method": s.method, "steps": s.steps, "convention": s.convention, "total_num": job.num_samples,
            "seed": job.seed, "batch_size": job.batch_size, "precision": job.model.precision,
-           "compile": job.model.compile}
+           "compile": job.model.compile,
+           # the file this setting came from, and none other (an ablation cell of a plain method has neither)
+           "timesteps_file": s.file if s.solver is None and s.timesteps is not None else None,
+           "solver_file": s.file if s.solver is not None else None}
     if s.eta is not None:
         ran["eta"] = s.eta
     # absolute paths: a config's relative paths are read against its own folder, a flag's against the cwd

@@ -154,6 +154,11 @@ def test_ablate_adds_a_tuned_cell_next_to_the_fixed_ones(tiny, tmp_path, capsys)
     tuned = json.loads((out / "DDIM@tuned-5" / "seed0" / "cell.json").read_text())
     assert tuned["method"] == "DDIM@tuned" and tuned["nfe"] == 5
     assert "DDIM@tuned" in (out / "results.md").read_text()
+    # each cell's manifest config names its own grid file, or none: fed back, each remakes its own images
+    sample_of = {name: json.loads((out / name / "seed0" / "manifest.json").read_text())["config"]["Sample"]
+                 for name in ("DDIM-5", "DDIM@tuned-5")}
+    assert sample_of["DDIM-5"]["timesteps_file"] is None
+    assert sample_of["DDIM@tuned-5"]["timesteps_file"] == str(path.resolve())
     capsys.readouterr()
     assert run(*args) == 0  # cached: nothing resampled
     assert json.loads((out / "DDIM@tuned-5" / "seed0" / "cell.json").read_text()) == tuned
