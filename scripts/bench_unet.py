@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import build_model, load_model  # noqa: E402
 from models.factory import known_model_configs  # noqa: E402
 from models.inference import precision_supported, prepare_for_inference  # noqa: E402
+from runners.frontier.run import positive_int  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -44,9 +45,9 @@ def seconds_per_call(fn, x, t, device, iters: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=5, help="calls per timing round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--iters", type=positive_int, default=5, help="calls per timing round")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16,fp16")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd fast paths")
     parser.add_argument("--layouts", default="auto",

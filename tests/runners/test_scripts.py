@@ -27,6 +27,7 @@ def test_bad_dataset_argument(script, args):
     ("bench_samplers.py", ["--steps", "0"], "argument --steps: expected integers >= 1, got '0'"),
     ("bench_samplers.py", ["--steps", "5,x"], "argument --steps: expected comma-separated integers"),
     ("bench_samplers.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    ("bench_unet.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),  # was a table of 0s
     ("bench_tuning.py", ["--nfe", "0,5"], "argument --nfe: expected integers >= 1"),
     ("bench_tuning.py", ["--mixtures", "-1"], "argument --mixtures: expected comma-separated integers"),
 ])
@@ -58,3 +59,17 @@ def test_a_fid_stats_script_without_a_venv_uses_the_python_it_finds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[:4] == ["main.py", "stats", "--config", "configs/digits.yml"]
     assert proc.stdout.split()[-1].endswith("models/weights/digits_fid_stats.npz")
+
+
+def test_bench_gpu_prints_its_usage_and_fails_loudly(tmp_path):
+    """It took --help for its output folder and ran; with an interpreter lacking torch every part failed and the
+    script still said 'done' with exit 0 (device time spent for an empty log)."""
+    script = str(REPO / "scripts" / "bench_gpu.sh")
+    proc = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith("One prepared GPU session") and "PYTHON" in proc.stdout
+    no_torch = tmp_path / "python"
+    no_torch.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n")
+    no_torch.chmod(0o755)
+    proc = subprocess.run(["bash", script, str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": str(no_torch), "PARTS": "unet"})
+    assert proc.returncode == 1 and "cannot import torch" in proc.stdout and "=== done" not in proc.stdout
