@@ -141,6 +141,7 @@ def _shape_or_rgb(cfg: dict) -> tuple:
 def sample_job(args) -> SampleJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
+    eta = pick(args.eta, get(cfg, "Sample", "eta"))  # the manifest's effective config records a --eta run's η
     grid_path = pick(args.timesteps_file, get(cfg, "Sample", "timesteps_file"))
     solver_path = pick(args.solver_file, get(cfg, "Sample", "solver_file"))
     if grid_path is not None and solver_path is not None:
@@ -153,7 +154,7 @@ def sample_job(args) -> SampleJob:
             if value is not None:
                 raise ArgumentError(f"{flag} and a learned solver (--solver-file / Sample.solver_file) both given; "
                                     f"the solver sets the method and its steps")
-        sampling = _learned_sampling(solver_file, _convention(args, cfg), schedule, args.eta)
+        sampling = _learned_sampling(solver_file, _convention(args, cfg), schedule, eta)
         model = _model(args, cfg)
         check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
     elif grid_path is None:
@@ -161,7 +162,7 @@ def sample_job(args) -> SampleJob:
         if method is None:
             raise ArgumentError("no method: pass --method or set Sample.method")
         sampling = _sampling(method, pick(args.steps, get(cfg, "Sample", "steps")), _convention(args, cfg),
-                             schedule, args.eta, explicit_steps=args.steps is not None)
+                             schedule, eta, explicit_steps=args.steps is not None)
         model = _model(args, cfg)
     else:
         grid = read_grid_file(grid_path)
@@ -169,7 +170,7 @@ def sample_job(args) -> SampleJob:
             raise ArgumentError("--steps and a tuned grid (--timesteps-file / Sample.timesteps_file) both given; "
                                 "the grid sets the steps")
         method = pick(args.method, grid.method)  # the grid's method unless the user names one
-        sampling = _tuned_sampling(grid, method, _convention(args, cfg), schedule, args.eta)
+        sampling = _tuned_sampling(grid, method, _convention(args, cfg), schedule, eta)
         model = _model(args, cfg)
         check_grid_for(grid, method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
     job = SampleJob(

@@ -63,7 +63,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "Sample": {
         "mpi4py": "bool", "batch_size": "int", "last_only": "bool", "total_num": "int", "method": "str",
         "steps": "int", "convention": "str", "seed": "int", "precision": "str",
-        "compile": "bool", "timesteps_file": "path?", "solver_file": "path?",
+        "compile": "bool", "timesteps_file": "path?", "solver_file": "path?", "eta": "float?",
     },
     "FID": {
         "stats": "path", "extractor": "str", "extractor_weights": "path", "num_samples": "int",

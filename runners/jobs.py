@@ -93,9 +93,13 @@ class SampleJob:
             "method": self.sampling.method, "steps": self.sampling.steps, "convention": self.sampling.convention,
             "eta": self.sampling.eta, "seed": self.seed, "precision": self.model.precision,
             "image_shape": list(self.image_shape), "checkpoint_sha256": self.model.checkpoint_sha256,
-            "Schedule": cfg.get("Schedule", {}),
+            "Schedule": _schedule_identity(cfg.get("Schedule", {})),
             "Model": {k: v for k, v in cfg.get("Model", {}).items() if k != "ckpt"},
         }
+        if self.sampling.nfe is None and self.sampling.convention == "official" and self.schedule.kind != "linear":
+            # PF under the official convention integrates the released linear VP SDE on quad/cosine since
+            # 2026-12-02 (before, the schedule's own process): folders of the old images are another setting
+            identity["pf_process"] = "released linear VP SDE"
         if self.sampling.timesteps is not None:  # only then: folders of built-in grids keep their identity
             identity["timesteps"] = list(self.sampling.timesteps)
         if self.sampling.solver is not None:
@@ -215,3 +219,12 @@ class TrainJob:
     workdir: Path
     resume: bool = False
     device: Optional[str] = None
+
+
+def _schedule_identity(section: dict) -> dict:
+    """The Schedule section as folder identity. A schedule named only by improved-diffusion's ``noise_schedule``
+    was read as linear before 2026-12-02 and is its own kind since: the kind is added, so that images made under
+    the old reading are another setting. Every other section is unchanged (their folders keep their identity)."""
+    if "noise_schedule" in section and "type" not in section:
+        return {**section, "type": str(section["noise_schedule"]).lower()}
+    return section

@@ -116,7 +116,9 @@ def effective_config(job: SampleJob) -> dict:
     the value that ran (a manifest must not show the file's steps for a --steps run), so that the config fed back
     to ``sample`` makes the same images: Sample's method, steps, convention, η, seed, count, batch size,
     precision, compile and the tuned grid or learned solver file (``Sampling.file``),
-    the checkpoint, and with --fid the statistics and feature weights."""
+    the checkpoint, and with --fid the statistics and feature weights. One gap: a tuned grid run with --method
+    naming another method than the grid file's records that method, but `sample` takes a grid file's own method
+    unless --method is given (the fed-back run's manifest then says so)."""
     s, cfg = job.sampling, job.config
     ran = {"method": s.method, "steps": s.steps, "convention": s.convention, "total_num": job.num_samples,
            "seed": job.seed, "batch_size": job.batch_size, "precision": job.model.precision,
@@ -126,6 +128,8 @@ def effective_config(job: SampleJob) -> dict:
            "solver_file": s.file if s.solver is not None else None}
     if s.eta is not None:
         ran["eta"] = s.eta
+    if s.steps is None:  # an adaptive method has none; the file's own (unused) steps stay
+        del ran["steps"]
     # absolute paths: a config's relative paths are read against its own folder, a flag's against the cwd
     out = {**cfg, "Sample": {**cfg.get("Sample", {}), **ran},
            "Model": {**cfg.get("Model", {}), "ckpt": str(Path(job.model.checkpoint).resolve())}}
@@ -158,10 +162,15 @@ class NfeTally:
     records the mean over images of their batch's NFE, combined with what earlier runs into the folder recorded,
     not the last batch's."""
 
-    def __init__(self, previous: dict):
-        count = previous.get("nfe_images")
-        self.count = int(count) if isinstance(count, int) else 0
-        self.total = float(previous.get("nfe") or 0.0) * self.count
+    def __init__(self, previous: dict, present: int = 0):
+        """``previous``: the folder's manifest; ``present``: images already in the folder. A manifest written before
+        ``nfe_images`` existed recorded one NFE for the folder: its images count with that NFE. Under torchrun an
+        interrupted run records rank 0's images only (the others' are not known there), so ``nfe_images`` can
+        then fall short of the images present."""
+        count, nfe = previous.get("nfe_images"), previous.get("nfe")
+        known = isinstance(nfe, (int, float)) and not isinstance(nfe, bool)
+        self.count = int(count) if isinstance(count, int) else present if known else 0
+        self.total = float(nfe) * self.count if known else 0.0
 
     def add(self, nfe: int, images: int) -> None:
         self.total += nfe * images
@@ -244,7 +253,8 @@ def sample_into(job: SampleJob, eps: Callable, dist: Dist, progress: bool = True
         own = main_owns(dist, stack, out_dir, (MANIFEST,), start)
         started = time.perf_counter()
         adaptive = job.sampling.nfe is None
-        tally = NfeTally(read_json(out_dir / MANIFEST) if dist.is_main and adaptive else {})
+        tally = NfeTally(read_json(out_dir / MANIFEST), len(image_indices(out_dir))) if dist.is_main and adaptive \
+            else NfeTally({})
         try:
             nfe, elapsed = _write_images(job, eps, dist, own, progress, one_pass or OnePass(), tally)
         except BaseException:

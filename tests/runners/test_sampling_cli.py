@@ -410,3 +410,62 @@ def test_an_adaptive_solvers_nfe_is_the_mean_over_its_images(tmp_path, monkeypat
     assert main([*common, "--num-samples", "5"]) == 0  # extends the folder by one image (a batch of its own)
     m = json.loads((out / "manifest.json").read_text())
     assert len(seen) == 3 and (m["nfe"], m["nfe_images"]) == (mean(), 5)
+
+
+def test_a_pf_folder_of_the_previous_version_keeps_its_nfe(tiny, tmp_path):
+    """Manifests written before nfe_images existed recorded one NFE: their images count with it (the new tally
+    started from none, wrote NFE null, and the ablation table then raised a TypeError)."""
+    cfg, _ = tiny
+    out = tmp_path / "pf"
+    common = ["sample", "--config", str(cfg), "--method", "PF", "--batch-size", "2", "--out", str(out),
+              "--device", "cpu"]
+    assert main([*common, "--num-samples", "4"]) == 0
+    path = out / "manifest.json"
+    m = json.loads(path.read_text())
+    new_nfe = m["nfe"]
+    del m["nfe_images"]
+    m["nfe"] = 123  # what the old version recorded for these 4 images
+    path.write_text(json.dumps(m))
+    assert main([*common, "--num-samples", "4"]) == 0  # nothing to sample
+    m = json.loads(path.read_text())
+    assert (m["nfe"], m["nfe_images"]) == (123, 4)
+    assert main([*common, "--num-samples", "5"]) == 0
+    m = json.loads(path.read_text())
+    assert (m["nfe"], m["nfe_images"]) == (round((4 * 123 + new_nfe) / 5, 1), 5)  # the tiny net: one NFE
+
+
+def test_pf_under_the_official_convention_on_quad_is_a_new_setting(tiny, tmp_path, capsys):
+    """Since the official convention's PF integrates the released process on quad/cosine, a folder of images
+    made by the earlier version (the schedule's own process) must not be extended as if it were the same."""
+    cfg, _ = tiny
+    data = yaml.safe_load(cfg.read_text())
+    data["Schedule"]["type"] = "quad"
+    quad = tmp_path / "quad.yml"
+    quad.write_text(yaml.safe_dump(data))
+    out = tmp_path / "pf"
+    common = ["sample", "--config", str(quad), "--method", "PF", "--convention", "official", "--out", str(out),
+              "--device", "cpu"]
+    assert main([*common, "--num-samples", "1"]) == 0
+    path = out / "manifest.json"
+    m = json.loads(path.read_text())
+    assert m["identity"]["pf_process"] == "released linear VP SDE"
+    del m["identity"]["pf_process"]  # the identity the earlier version wrote
+    path.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main([*common, "--num-samples", "2"]) == 2
+    assert "different configuration (differs in: pf_process)" in capsys.readouterr().err
+
+
+def test_the_manifest_config_of_pf_and_eta_runs_loads_again(tiny, tmp_path):
+    # PF's manifest recorded Sample.steps: null and a --eta run Sample.eta, neither of which a config could hold
+    cfg, _ = tiny
+    for name, extra in (("pf", ["--method", "PF"]), ("eta", ["--method", "DDIM", "--eta", "0.5"])):
+        first, again = tmp_path / name, tmp_path / f"{name}-again"
+        assert main(["sample", "--config", str(cfg), *extra, "--num-samples", "2", "--out", str(first),
+                     "--device", "cpu"]) == 0
+        fed = tmp_path / f"{name}.yml"
+        fed.write_text(yaml.safe_dump(json.loads((first / "manifest.json").read_text())["config"]))
+        assert main(["sample", "--config", str(fed), "--out", str(again), "--device", "cpu"]) == 0
+        a, b = (json.loads((d / "manifest.json").read_text())["identity"] for d in (first, again))
+        assert a == b
+        assert all(sample_path(first, i, 2).read_bytes() == sample_path(again, i, 2).read_bytes() for i in range(2))
