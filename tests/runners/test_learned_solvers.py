@@ -232,13 +232,3 @@ def test_tune_solver_refuses_a_network_without_time_gradients(tiny, tmp_path, ca
     one_line_error(capsys, "differentiable")
     assert not (tmp_path / "s.json").exists()
 
-
-def test_ablate_reads_the_config_key_too(tiny, tmp_path, capsys):
-    # ablate used to ignore Sample.solver_file (sample honours it): a solver for another checkpoint ran unchecked
-    cfg, _ = tiny
-    (tmp_path / "other").mkdir()
-    _, other_ckpt = write_tiny(tmp_path / "other", seed=1)
-    path = solver_file(tmp_path / "s.json", other_ckpt)
-    assert run("ablate", "--config", cfg, "--out", tmp_path / "abl", "--methods", "DDIM", "--steps", "3",
-               "--num-samples", 4, "--set", f"Sample.solver_file={path}") == 2
-    one_line_error(capsys, "tuned for checkpoint")

@@ -292,14 +292,18 @@ def test_tune_grid_refuses_a_network_without_time_gradients(tiny, tmp_path, caps
     assert len(err.splitlines()) == 1 and "differentiable" in err, err
 
 
-def test_ablate_reads_the_config_key_too(tiny, tmp_path, capsys):
-    # ablate used to ignore Sample.timesteps_file (sample honours it): a grid for another checkpoint ran unchecked
+@pytest.mark.parametrize("key", ["timesteps_file", "solver_file"])
+def test_ablate_reads_the_config_key_too(tiny, tmp_path, capsys, key):
+    # ablate used to ignore Sample.timesteps_file / solver_file (sample honours them): a file for another
+    # checkpoint ran unchecked
+    from .test_learned_solvers import solver_file
+
     cfg, _ = tiny
     (tmp_path / "other").mkdir()
     _, other_ckpt = write_tiny(tmp_path / "other", seed=1)
-    path = grid_file(tmp_path / "g.json", other_ckpt)
+    path = (grid_file if key == "timesteps_file" else solver_file)(tmp_path / "f.json", other_ckpt)
     assert run("ablate", "--config", cfg, "--out", tmp_path / "abl", "--methods", "DDIM", "--steps", "5",
-               "--num-samples", 4, "--set", f"Sample.timesteps_file={path}") == 2
+               "--num-samples", 4, "--set", f"Sample.{key}={path}") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tuned for checkpoint" in err and "--force" in err
 
