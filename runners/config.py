@@ -19,8 +19,9 @@ from .files import write_text_atomic
 
 
 # type names: int, int>0, float, bool, str, path (a str resolved against the config's folder), list[int],
-# list[int>0], csv (a comma-separated list as a string; a number or a YAML list of them is accepted too). Network sizes are int>0: a zero width would build a network of empty tensors that fails later
-# with torch's warning and an unrelated message.
+# list[int>0], csv (a comma-separated list as a string; a number or a YAML list of them is accepted too).
+# Network sizes are int>0: a zero width would build a network of empty tensors that fails later with torch's
+# warning and an unrelated message.
 SCHEMA: dict[str, dict[str, str]] = {
     "Schedule": {
         "type": "str", "beta_start": "float", "beta_end": "float", "diffusion_step": "int",

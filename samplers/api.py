@@ -145,9 +145,10 @@ class Plan:
 
     ``method``: the method that runs (DDIM with η > 0 runs the generalised DDIM engine with that η);
     ``convention``: how the table is read (for PF: which VP process it integrates); ``grid``: None for PF;
-    ``eta``: η of the generalised DDIM step (the given η for DDIM, None when not given; 1.0 for DDPM; None for every other method), so ``bool(eta)`` says the run draws
-    noise; ``nfe``: model evaluations (None for PF, whose NFE is the solver's); ``t_start``: the first model
-    timestep (the grid's first point; T−1 for PF, which starts at s = 1).
+    ``eta``: η of the generalised DDIM step (the given η for DDIM, None when not given; 1.0 for DDPM; None for
+    every other method), so ``bool(eta)`` says the run draws noise; ``nfe``: model evaluations (None for PF,
+    whose NFE is the solver's); ``t_start``: the first model timestep (the grid's first point; T−1 for PF, which
+    starts at s = 1).
     """
 
     method: Method

@@ -35,7 +35,8 @@ def main():
                    help="mixture s draws its noise samples from seed NOISE_OFFSET + s (another value: other noise)")
     p.add_argument("--schedule", choices=sorted(DIFFUSERS_BETAS), default="linear",
                    help="noise schedule of the analytic benchmark (the FID stage uses the digits model's, linear)")
-    p.add_argument("--skip-fid", action="store_true", help="the analytic benchmark only (no FID stage: 4 min instead of 65 with --no-tuned, README)")
+    p.add_argument("--skip-fid", action="store_true",
+                   help="the analytic benchmark only (no FID stage: 4 min instead of 65 with --no-tuned, README)")
     p.add_argument("--fid-top", type=int, default=2,
                    help="configurations per side and budget scored on all FID samples")
     p.add_argument("--fid-samples", type=int, default=2000, help="samples per FID of the final table")
