@@ -29,7 +29,7 @@ from samplers import get_method, plan, sample
 from .distributed import main_owns, session
 from .evaluate import fid_of_sample_folder, load_extractor
 from .files import as_json, read_json, write_json_atomic
-from .jobs import AblateJob, Sampling
+from .jobs import AblateJob, Sampling, is_centered
 from .sampling import OnePass, check_folder, initial_noise, sample_into
 from .setup import load_eps
 from .tables import write_results
@@ -42,7 +42,9 @@ def cell_identity(job: AblateJob, cell: Sampling, seed: int) -> dict:
     """Everything that changes a cell's numbers."""
     return as_json({
         "samples": {**job.sample_job(cell, seed).identity(), "num_samples": job.num_samples},
-        "score": {**job.fid.identity(), "reference": REFERENCE, "reference_samples": job.reference_samples},
+        "score": {**job.fid.identity(), "reference": REFERENCE, "reference_samples": job.reference_samples,
+                  # RMS of a centered: false model in [-1, 1] units since 2026-12-02: its cached cells are rescored
+                  **({} if is_centered(job.config) else {"rms_units": "[-1, 1]"})},
     })
 
 
@@ -115,7 +117,9 @@ def distance_to_reference(job: AblateJob, cell: Sampling, seed: int, eps, refere
         runs = [sample(eps, chunk, job.schedule, **cell.sample_kwargs(), return_info=True)
                 for chunk in references.x_T.split(256)]
         x0, t0 = torch.cat([x for x, _ in runs]), runs[0][1].t_start
-    return float(((x0.double() - references.get(t0).double()) ** 2).mean().sqrt())
+    # in [-1, 1] units whatever the model's range: data in [0, 1] (centered: false) count twice, like their pixels
+    scale = 1.0 if is_centered(job.config) else 2.0
+    return scale * float(((x0.double() - references.get(t0).double()) ** 2).mean().sqrt())
 
 
 class References:

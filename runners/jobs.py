@@ -84,7 +84,7 @@ class SampleJob:
     @property
     def centered(self) -> bool:
         """Whether the model's data live in [-1, 1] (else [0, 1]: score-SDE's ``Model.centered: false``)."""
-        return self.config.get("Model", {}).get("centered", True) is not False
+        return is_centered(self.config)
 
     def identity(self) -> dict:
         """What must match for two runs to write the same images (batch size and sample count excluded)."""
@@ -228,3 +228,9 @@ def _schedule_identity(section: dict) -> dict:
     if "noise_schedule" in section and "type" not in section:
         return {**section, "type": str(section["noise_schedule"]).lower()}
     return section
+
+
+def is_centered(config: dict) -> bool:
+    """Whether a config's model works on data in [-1, 1] (every released network) or in [0, 1] (score-SDE's
+    ``Model.centered: false``): what images and distances must be converted by."""
+    return config.get("Model", {}).get("centered", True) is not False

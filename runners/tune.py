@@ -20,7 +20,7 @@ from samplers.tuning import check_differentiable, teacher_solve
 from .errors import ArgumentError, UserError
 from .files import OutputLock, write_json_atomic
 from .grid_files import FORMAT
-from .jobs import TuneJob
+from .jobs import TuneJob, is_centered
 from .sampling import versions
 from .seeds import derive_seed
 from .setup import resolve_device
@@ -170,7 +170,9 @@ def fid_of_grid(eps, job: TuneJob, extractor, x_T, **kwargs) -> float:
         x0 = torch.cat([sample(eps, chunk, job.schedule, **kwargs) for chunk in x_T.split(job.batch_size)])
     if not torch.isfinite(x0).all():
         return math.inf
-    return fid_from_features(extractor(to_uint8(x0)).numpy(), job.fid.reference, extractor.name)
+    # the pixels `sample` writes: a score-SDE model with centered: false makes data in [0, 1]
+    return fid_from_features(extractor(to_uint8(x0, is_centered(job.config))).numpy(), job.fid.reference,
+                             extractor.name)
 
 
 def search_on_fid(job: TuneJob, eps, x_T, x_eval, device):

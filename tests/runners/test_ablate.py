@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from main import main
@@ -147,3 +148,25 @@ def test_reference_starts_where_the_cell_starts(t0):
     assert (got - exact).abs().max() < 1e-4
     if t0 % 1:
         assert (from_floor - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("centered, scale", [(True, 1.0), (False, 2.0)])
+def test_rms_is_in_minus_one_one_units_for_uncentered_models_too(centered, scale):
+    """A score-SDE model with centered: false makes data in [0, 1]; its RMS was reported unscaled under the
+    table's "[-1, 1] pixel units" heading (half the number of a centered model with the same pixel error)."""
+    from types import SimpleNamespace
+
+    from models import GaussianMixture
+    from runners.ablate import distance_to_reference
+    from runners.jobs import Sampling
+    from samplers import NoiseSchedule, sample
+
+    schedule = NoiseSchedule("linear")
+    model = GaussianMixture.random(2, (1, 4, 4), seed=0, schedule=schedule)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    reference = torch.zeros_like(x_T)
+    refs = SimpleNamespace(x_T=x_T, get=lambda t0: reference)
+    job = SimpleNamespace(config={"Model": {"centered": centered}}, schedule=schedule)
+    got = distance_to_reference(job, Sampling("DDIM", 3, "standard", nfe=3), 0, model, refs, "cpu")
+    expected = float(sample(model, x_T, schedule, "DDIM", 3).double().pow(2).mean().sqrt())
+    assert got == pytest.approx(scale * expected, rel=1e-12)

@@ -326,3 +326,35 @@ def test_the_manifests_config_reproduces_the_run(tiny, tmp_path):
     assert a["identity"] == b["identity"] and (a["num_samples"], a["precision"]) == (b["num_samples"], "bf16")
     for i in range(3):
         assert sample_path(first, i, 3).read_bytes() == sample_path(again, i, 3).read_bytes()
+
+
+@pytest.mark.parametrize("centered", [True, False])
+def test_the_fid_search_scores_the_pixels_sample_writes(monkeypatch, centered):
+    """tune-grid --objective fid converted samples as if in [-1, 1]: a centered: false model's FIDs (the search's
+    objective and grid.json's comparison) were of other images than `sample --fid` scores."""
+    from types import SimpleNamespace
+
+    import runners.fid
+    from models import GaussianMixture
+    from runners.images import to_uint8
+    from runners.tune import fid_of_grid
+    from samplers import NoiseSchedule, sample
+
+    schedule = NoiseSchedule("linear")
+    model = GaussianMixture.random(2, (1, 4, 4), seed=0, schedule=schedule)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = []
+    monkeypatch.setattr(runners.fid, "fid_from_features", lambda features, reference, name: seen.append(features)
+                        or 1.0)
+    job = SimpleNamespace(config={"Model": {"centered": centered}}, schedule=schedule, batch_size=2,
+                          fid=SimpleNamespace(reference=None))
+
+    class Recorder:
+        name = "fake"
+
+        def __call__(self, images):
+            return images.float()
+
+    assert fid_of_grid(model, job, Recorder(), x_T, method="DDIM", steps=3) == 1.0
+    expected = to_uint8(sample(model, x_T, schedule, "DDIM", 3), centered).float()
+    assert torch.equal(torch.as_tensor(seen[0]), expected)
