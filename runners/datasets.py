@@ -111,6 +111,9 @@ def image_dataset(cfg: dict, split: str = "train") -> Dataset:
             base = CIFAR10(str(root), train=split == "train", download=download)
         except RuntimeError:
             raise DatasetError(f"CIFAR-10 not found in {root} (looked for cifar-10-batches-py); {hint}") from None
+        except OSError as e:  # download=true without a network (URLError), or a root that cannot be written
+            raise DatasetError(f"CIFAR-10 could not be fetched into {root}: {getattr(e, 'reason', None) or e}") \
+                from None
         return _Mapped(base, _pil_to_uint8())
     if name == "CELEBA":
         from torchvision.datasets import CelebA
@@ -132,6 +135,9 @@ def image_dataset(cfg: dict, split: str = "train") -> Dataset:
         resize = transforms.Compose([transforms.Resize(size or 256), transforms.CenterCrop(size or 256)])
         try:
             base = LSUN(str(root), classes=[f"{category}_{split}"])
+        except ValueError as e:  # torchvision's check of the category name
+            raise DatasetError(f"LSUN: {str(e).splitlines()[0] if str(e) else 'unknown category'} "
+                               f"(Dataset.category {category!r})") from None
         except ImportError:
             raise DatasetError("LSUN needs the optional 'lmdb' package: pip install lmdb") from None
         except Exception:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .errors import OutputError, UserError
+from .errors import DatasetError, OutputError, UserError
 from .features import build_extractor, list_images
 from .fid import FeatureStats, FeatureStream, batch_stats, check_compatible, fid_result, file_stats, save_stats, \
     write_fid_json
@@ -103,6 +103,13 @@ def run_stats_job(job: StatsJob) -> None:
     else:
         data = image_dataset({"Dataset": job.dataset}, job.split)
         label = f"{job.dataset.get('dataset')}:{job.split}"
+        # the statistics are compared with samples of the config's shape: a dataset that yields another shape
+        # (CIFAR-10 is 32×32 RGB whatever Dataset.image_size/channels say) would be scored as if it matched
+        shape = tuple(data[0][0].shape) if len(data) else None
+        if shape is not None and (shape[0] != channels or (size is not None and shape[1:] != (size, size))):
+            want = f"{channels}×{size}×{size}" if size is not None else f"{channels} channels"
+            raise DatasetError(f"{label} gives {'×'.join(map(str, shape))} images but the config's are {want} "
+                               f"(Dataset.image_size/channels, Model.image_size/in_channels)")
     extractor = build_extractor(job.extractor, job.extractor_weights, device)
     with OutputLock.for_file(job.out):
         if data is None:

@@ -19,6 +19,10 @@ def training_dataset(cfg: dict, channels: int, size: int) -> Dataset:
     """The config's training split, refused (ConfigError/DatasetError) when empty or of the wrong image shape."""
     from ..datasets import image_dataset
 
+    split = get(cfg, "Dataset", "split", "train")
+    if split != "train":  # stats and the noise floor read other splits; training on one would be a mistake
+        raise ConfigError(f"Dataset.split is {split!r}: training reads the train split (set Dataset.split=train "
+                          f"or leave it out)")
     dataset = image_dataset(cfg, "train")
     name = get(cfg, "Dataset", "dataset")
     if len(dataset) == 0:

@@ -197,6 +197,14 @@ CASES = [
          "cannot read image"),
     Case("stats: out is a checkpoint", T + ["--source", "{done}", "--out", "{ckpt_copy}"], 2,
          "exists and is not a statistics file", absent=[], present=["{ckpt_copy}"]),
+    # CIFAR-10/digits yield their own size whatever Dataset.image_size says: statistics of another shape
+    Case("stats: dataset of another image size", T + ["--out", "{out}", "--set", "Dataset.image_size=16",
+                                                      "--set", "Model.image_size=16"], 2,
+         "DIGITS:train gives 1×8×8 images but the config's are 1×16×16"),
+    # training read the train split whatever Dataset.split said
+    Case("train: another split", ["train", "--config", "{cfg}", "--device", "cpu", "--workdir", "{out}",
+                                  "--max-steps", "1", "--set", "Train.batch_size=4", "--set", "Dataset.split=test"], 2,
+         "Dataset.split is 'test': training reads the train split"),
     Case("stats: --split with --source", T + ["--source", "{done}", "--split", "train", "--out", "{out}"], 2,
          "--split names a split of the config's dataset"),
     # tune-grid
