@@ -99,9 +99,9 @@ def _coerce(value: Any, kind: str, where: str, base: Path) -> Any:
         except (TypeError, ValueError):
             raise bad() from None
     if kind == "csv":  # a comma-separated list, also written as one number or a YAML list (steps: 5, seeds: [0, 1])
-        items = value if isinstance(value, list) else [value]
         if isinstance(value, str):
             return value
+        items = value if isinstance(value, list) else [value]
         if not items or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in items):
             raise bad()
         return ",".join(str(v) for v in items)
