@@ -43,7 +43,7 @@ from .diffusers_format import (
     read_diffusers_config,
 )
 from .errors import CheckpointError, CheckpointNotFoundError, UntrustedCheckpointError
-from .factory import build_model, known_model_configs
+from .factory import build_model, known_model_configs, model_section
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "UntrustedCheckpointError",
            "identify_layout", "load_model", "read_checkpoint"]
@@ -77,9 +77,15 @@ def _unreadable(path: Path, err: BaseException) -> CheckpointError:
                            + (f": {reason})" if reason else ")"))
 
 
+def _load_file(path: Path, weights_only: bool) -> Any:
+    # through an open file: torch.load given a path ending in .safetensors reads it as safetensors
+    with open(path, "rb") as fh:
+        return torch.load(fh, map_location="cpu", weights_only=weights_only)
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_file(path, weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
@@ -93,7 +99,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     except Exception as err:
         raise _unreadable(path, err) from None
     try:  # the weights-only reader also refuses plain garbage, which the full unpickler then chokes on
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _load_file(path, weights_only=False)
     except Exception as err:
         raise _unreadable(path, err) from None
 
@@ -110,8 +116,20 @@ def _looks_pickled(path: Path) -> bool:
     return first == b"\x80" or zipfile.is_zipfile(path)
 
 
+def _looks_safetensors(path: Path) -> bool:
+    """Whether the file has safetensors' layout: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+
+
 def _read_weights_file(path: Path, trust_pickle: bool) -> Any:
-    if path.suffix == ".safetensors":
+    # by content, not by name: a safetensors file saved as .ckpt is one, a torch file named .safetensors is not
+    if _looks_safetensors(path) or (path.suffix == ".safetensors" and not _looks_pickled(path)):
         from safetensors.torch import load_file
 
         try:
@@ -142,25 +160,36 @@ def _score_sde_shadow(obj: Any) -> list[torch.Tensor] | None:
     return None
 
 
-def _unwrap(obj: Any, source: Path) -> Checkpoint:
-    """The weights inside a loaded object, and a description of the container they came from."""
+def _unwrap(obj: Any, source: Path, ema: bool = True) -> Checkpoint:
+    """The weights inside a loaded object, and a description of the container they came from: the EMA weights
+    where the container has both, or with ``ema=False`` (a config's ``Model.ema: false``, as in DDIM) the raw ones."""
     if _is_tensor_dict(obj):
         return Checkpoint(obj, "state dict")
     if isinstance(obj, (list, tuple)) and obj and _is_tensor_dict(obj[0]):
         if len(obj) >= 5 and _is_tensor_dict(obj[4]):
-            return Checkpoint(obj[4], "DDIM training list, EMA shadow (item 4)")
+            if ema:
+                return Checkpoint(obj[4], "DDIM training list, EMA shadow (item 4)")
+            return Checkpoint(obj[0], "DDIM training list, raw weights (item 0; Model.ema: false)")
         return Checkpoint(obj[0], f"DDIM training list of {len(obj)} items without an EMA shadow, raw weights "
                                   "(item 0)")
     shadow = _score_sde_shadow(obj)
     if shadow is not None:
+        if not ema:
+            return Checkpoint(obj["model"], "score-SDE training checkpoint, raw 'model' weights (Model.ema: false)")
         return Checkpoint(obj["model"], f"score-SDE training checkpoint, EMA shadow_params ({len(shadow)} "
                                         "tensors)", shadow)
     if isinstance(obj, Mapping):
-        for key, desc in (("ema", "training dict, 'ema' weights"),
-                          ("model", "training dict, 'model' weights (no 'ema' entry)"),
-                          ("state_dict", "dict with a 'state_dict' entry")):
+        choices = (("ema", "training dict, 'ema' weights"),
+                   ("model", "training dict, 'model' weights (no 'ema' entry)"),
+                   ("state_dict", "dict with a 'state_dict' entry"))
+        if not ema:
+            choices = (("model", "training dict, raw 'model' weights (Model.ema: false)"),) + choices[2:]
+        for key, desc in choices:
             if _is_tensor_dict(obj.get(key)):
                 return Checkpoint(obj[key], desc)
+        if not ema and _is_tensor_dict(obj.get("ema")):
+            raise CheckpointError(f"{source}: the checkpoint holds only EMA weights ('ema'), and the config's "
+                                  "Model.ema: false asks for the raw ones")
         keys = ", ".join(map(str, list(obj)[:8]))
         raise CheckpointError(f"{source}: unrecognised checkpoint: a dict with keys [{keys}] and no state dict "
                               "under 'ema', 'model' or 'state_dict'")
@@ -188,10 +217,11 @@ def _drop_unused_sigmas(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, *, ema: bool = True) -> Checkpoint:
     """The model weights in a checkpoint file or diffusers directory, in this project's key layout, and a
     description of the format found (`Checkpoint(state, format, ema_shadow, config)`; `ema_shadow` is score-SDE's
-    unnamed EMA list, see `ema_state`). Raises CheckpointError (or its subclasses) with one clear line."""
+    unnamed EMA list, see `ema_state`). Where a training checkpoint has both, the EMA weights, or the raw ones
+    with ``ema=False``. Raises CheckpointError (or its subclasses) with one clear line."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
@@ -206,13 +236,18 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         fmt, shadow, recorded = f"diffusers UNet2DModel directory ({weights.name})", None, None
     else:
         obj = _read_weights_file(path, trust_pickle)
-        state, fmt, shadow, _ = _unwrap(obj, path)
+        state, fmt, shadow, _ = _unwrap(obj, path, ema)
         recorded = obj.get("config") if isinstance(obj, Mapping) else None
     state = _drop_unused_sigmas(_strip_wrapper_prefixes(state))
     if looks_like_diffusers(state):
         state = diffusers_to_ddpm_state_dict(state)
         if not path.is_dir():
             fmt += ", diffusers key names"
+            if (path.parent / "config.json").is_file():
+                # the weights file of a diffusers folder: its config.json decides ε through settings the weights
+                # do not show (time embedding flip and shift, downsampling padding, norm eps)
+                read_diffusers_config(path.parent)
+                fmt += f", checked against {path.parent / 'config.json'}"
     return Checkpoint(state, fmt, shadow, recorded if isinstance(recorded, Mapping) else None)
 
 
@@ -343,8 +378,9 @@ def _family(keys) -> str | None:
     return None
 
 
-def _layout_hint(got: Mapping[str, tuple]) -> str:
-    """Which known layout the checkpoint has, or the closest one: usually the config that should be used."""
+def _layout_hint(got: Mapping[str, tuple], expected: Mapping[str, tuple]) -> str:
+    """Which known layout the checkpoint has, or the closest one: usually the config that should be used.
+    ``expected``: the configured model's layout, named instead when it is closer than every released one."""
     known = known_model_configs()
     exact, closest = identify_layout(got)
     if exact:
@@ -352,6 +388,11 @@ def _layout_hint(got: Mapping[str, tuple]) -> str:
                 f"(Model: {_describe(known[exact[0]])}); use that config.")
     family = _family(got)
     keys = f" Its keys are those of {family}." if family else ""
+    agree = sum(1 for k, shape in got.items() if expected.get(k) == shape)
+    total = max(len(got), len(expected))
+    if closest is None or agree * closest[2] > closest[1] * total:
+        return (f"It matches none of the released layouts; closest is the configured model itself ({agree} of "
+                f"{total} keys agree).{keys}")
     if closest and closest[1] >= closest[2] // 2:
         return (f"It matches none of the released layouts exactly; closest is {closest[0]} "
                 f"({closest[1]} of {closest[2]} keys agree).{keys}")
@@ -360,20 +401,22 @@ def _layout_hint(got: Mapping[str, tuple]) -> str:
 
 def _fit_error(path: Path, fmt: str, model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
     """None when `state` loads strictly into `model`; otherwise the message naming what differs."""
-    got = _shapes(state)
-    parts = _differences(_shapes(model.state_dict()), got)
+    got, expected = _shapes(state), _shapes(model.state_dict())
+    parts = _differences(expected, got)
     if not parts:
         return None
     return (f"checkpoint {path} ({fmt}) does not fit the {type(model).__name__} built from the config "
-            f"({_describe(model.config)}). {_layout_hint(got)} Differences: " + "; ".join(parts) + ".")
+            f"({_describe(model.config)}). {_layout_hint(got, expected)} Differences: " + "; ".join(parts) + ".")
 
 
-def _infer_section(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def _infer_section(path: Path, checkpoint: Checkpoint) -> dict[str, Any]:
     """A Model section for a checkpoint given without a config: from diffusers' config.json or a known layout."""
     found = find_diffusers_dir(path) if path.is_dir() else None
     if found is not None:
         return read_diffusers_config(found)
-    exact, _ = identify_layout(_shapes(state))
+    if path.is_file() and checkpoint.format.endswith("config.json"):  # a diffusers folder's weights file
+        return read_diffusers_config(path.parent)
+    exact, _ = identify_layout(_shapes(checkpoint.state))
     if exact:
         return dict(known_model_configs()[exact[0]])
     raise CheckpointError(f"{path}: no config given and the checkpoint matches none of the released layouts "
@@ -390,13 +433,17 @@ def load_model(cfg: Mapping[str, Any] | None, path: str | Path, trust_pickle: bo
 
     `cfg` is the full config (with a 'Model' section) or the Model section alone; with None the architecture is
     taken from a diffusers config.json or recognised from the known layouts. The weights are the EMA ones
-    wherever the file has both. Raises CheckpointError (a ValueError) when the file cannot be read or does not
-    fit, naming the differing keys and the known layout the checkpoint looks like.
+    wherever the file has both, unless the Model section says ``ema: false`` (DDIM's switch). Raises
+    CheckpointError (a ValueError) when the file cannot be read or does not fit, naming the differing keys and
+    the known layout the checkpoint looks like.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path, trust_pickle)
+    ema = True if cfg is None else model_section(cfg).get("ema", True)
+    if not isinstance(ema, bool):
+        raise CheckpointError(f"Model.ema must be true or false, got {ema!r}")
+    checkpoint = read_checkpoint(path, trust_pickle, ema=ema)
     if cfg is None:
-        cfg = _infer_section(path, checkpoint.state)
+        cfg = _infer_section(path, checkpoint)
     model = build_model(cfg, eps_only=eps_only)
     message = (schedule_mismatch(path, checkpoint.config, cfg) or
                _fit_error(path, checkpoint.format, model, checkpoint.state))

@@ -216,7 +216,7 @@ def ddpm_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise CheckpointError(f"diffusers model class {config.get('_class_name')!r} is not a UNet2DModel")
     full = {**_DIFFUSERS_DEFAULTS, **config}
-    boc = list(full["block_out_channels"])
+    boc = _positive_ints(full, "block_out_channels")
     required = {"center_input_sample": False, "time_embedding_type": "positional", "flip_sin_to_cos": False,
                 "freq_shift": 1, "downsample_padding": 0, "downsample_type": "conv", "upsample_type": "conv",
                 "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-6, "resnet_time_scale_shift": "default",
@@ -227,11 +227,12 @@ def ddpm_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
         if full[key] != want:
             raise CheckpointError(f"diffusers config has {key}={full[key]!r}; the DDPM UNet needs {want!r}")
     head_dim = full["attention_head_dim"]
-    down, up = list(full["down_block_types"]), list(full["up_block_types"])
+    down, up = _names(full, "down_block_types"), _names(full, "up_block_types")
     has_attn = [t == "AttnDownBlock2D" for t in down]
-    if set(down) - {"DownBlock2D", "AttnDownBlock2D"} or up != ["AttnUpBlock2D" if a else "UpBlock2D"
-                                                             for a in reversed(has_attn)]:
-        raise CheckpointError(f"diffusers block types {down} / {up} have no DDPM UNet equivalent")
+    if (len(down) != len(boc) or set(down) - {"DownBlock2D", "AttnDownBlock2D"}
+            or up != ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)]):
+        raise CheckpointError(f"diffusers block types {down} / {up} (block_out_channels {boc}) have no DDPM UNet "
+                              "equivalent")
     attn_channels = [c for c, a in zip(boc, has_attn) if a] + [boc[-1]]
     if head_dim is not None and any(c != head_dim for c in attn_channels):
         raise CheckpointError(f"diffusers attention_head_dim={head_dim} means several heads; DDPM attention is "
@@ -240,13 +241,42 @@ def ddpm_config_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
     if any(c % ch for c in boc):
         raise CheckpointError(f"block_out_channels {boc} are not multiples of the first")
     size = full.get("sample_size")
-    if not isinstance(size, int):
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]  # diffusers takes an int or (height, width)
+    if not _positive_int(size):
         raise CheckpointError(f"diffusers sample_size {size!r} is not a square image size")
-    return {"ch": ch, "out_ch": full.get("out_channels", 3), "ch_mult": [c // ch for c in boc],
-            "num_res_blocks": full.get("layers_per_block", 2),
+    counts = {key: full.get(key, default) for key, default in
+              (("in_channels", 3), ("out_channels", 3), ("layers_per_block", 2))}
+    for key, value in counts.items():
+        if not _positive_int(value):
+            raise CheckpointError(f"diffusers config has {key}={value!r}; expected a positive integer")
+    dropout = full.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise CheckpointError(f"diffusers config has dropout={dropout!r}; expected a number in [0, 1)")
+    return {"ch": ch, "out_ch": counts["out_channels"], "ch_mult": [c // ch for c in boc],
+            "num_res_blocks": counts["layers_per_block"],
             "attn_resolutions": [size // 2 ** i for i, a in enumerate(has_attn) if a],
-            "dropout": full.get("dropout", 0.0), "in_channels": full.get("in_channels", 3), "image_size": size,
+            "dropout": dropout, "in_channels": counts["in_channels"], "image_size": size,
             "resamp_with_conv": True, "type": "simple"}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _positive_ints(config: Mapping[str, Any], key: str) -> list[int]:
+    value = config.get(key)
+    if not (isinstance(value, (list, tuple)) and value and all(_positive_int(c) for c in value)):
+        raise CheckpointError(f"diffusers config has {key}={value!r}; expected a non-empty list of positive "
+                              "integers")
+    return list(value)
+
+
+def _names(config: Mapping[str, Any], key: str) -> list[str]:
+    value = config.get(key)
+    if not (isinstance(value, (list, tuple)) and value and all(isinstance(c, str) for c in value)):
+        raise CheckpointError(f"diffusers config has {key}={value!r}; expected a list of block type names")
+    return list(value)
 
 
 def export_diffusers(model: nn.Module, cfg: Mapping[str, Any] | None, out_dir: str | Path) -> Path:

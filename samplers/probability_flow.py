@@ -57,7 +57,8 @@ def probability_flow(
 
     y0 = x.detach().to("cpu", torch.float64).numpy().reshape(-1)
     sol = solve_ivp(drift, (1.0, t_end), y0, method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"PF: the ODE solver failed: {sol.message}")
+    if not sol.success:  # a step size below float spacing: the flow blows up (or is too stiff) for this model
+        raise FloatingPointError(f"PF: the ODE solver failed at s = {sol.t[-1]:.4g} (model timestep "
+                                 f"{sol.t[-1] * scale:.1f}): {sol.message}")
     return torch.from_numpy(sol.y[:, -1].reshape(shape)).to(device=device, dtype=dtype)
 

@@ -364,3 +364,95 @@ def test_released_layout_loads_without_a_config(shapes, tmp_path):
     model = load_model(None, path)
     assert isinstance(model, DDPMUNet) and model.config["ch_mult"] == [1, 2, 2, 2]
     assert all(torch.count_nonzero(p) == 0 for p in model.parameters())
+
+
+# --- found by an outside review (2026-12-02, session 16) ---------------------------------------------------------
+
+def test_the_weights_file_of_a_diffusers_folder_is_checked_against_its_config(golden, tmp_path):
+    # A diffusers UNet with its own defaults (flip_sin_to_cos=True, freq_shift=0, ...) has DDPM's key layout, so
+    # its weights file given alone loaded and computed another ε (relative error ~1) with exit 0.
+    config = {k: v for k, v in diffusers_config(golden["config"]).items() if not k.startswith("_")}
+    for key in ("flip_sin_to_cos", "freq_shift", "downsample_padding", "norm_eps"):
+        config.pop(key)
+    diffusers.UNet2DModel(**config).save_pretrained(tmp_path / "other")
+    weights = tmp_path / "other" / "diffusion_pytorch_model.safetensors"
+    for path in (tmp_path / "other", weights):
+        with pytest.raises(CheckpointError, match="flip_sin_to_cos"):
+            load_model(golden["config"], path)
+    # a folder this UNet can reproduce: its weights file alone loads, also without a config
+    good = export_diffusers(_golden_model(golden), golden["config"], tmp_path / "good")
+    for cfg in (golden["config"], None):
+        model = load_model(cfg, good / "diffusion_pytorch_model.safetensors")
+        assert torch.allclose(_eps(model, golden), golden["eps"], atol=1e-5)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: {}, "block_out_channels"),
+    (lambda c: {k: v for k, v in c.items() if k != "down_block_types"}, "down_block_types"),
+    (lambda c: {**c, "block_out_channels": None}, "block_out_channels"),
+    (lambda c: {**c, "block_out_channels": [0, 64]}, "block_out_channels"),
+    (lambda c: {**c, "layers_per_block": "two"}, "layers_per_block"),
+    (lambda c: {**c, "down_block_types": ["DownBlock2D"]}, "block types"),
+])
+def test_malformed_diffusers_config_is_one_error(golden, tmp_path, edit, match):
+    out = export_diffusers(_golden_model(golden), golden["config"], tmp_path / "d")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(CheckpointError, match=match):
+        load_model(golden["config"], out)
+
+
+def test_diffusers_sample_size_may_be_a_square_pair(golden, tmp_path):
+    out = export_diffusers(_golden_model(golden), golden["config"], tmp_path / "d")
+    config = json.loads((out / "config.json").read_text())
+    size = config["sample_size"]
+    (out / "config.json").write_text(json.dumps({**config, "sample_size": [size, size]}))
+    assert torch.allclose(_eps(load_model(None, out), golden), golden["eps"], atol=1e-5)
+    (out / "config.json").write_text(json.dumps({**config, "sample_size": [size, size // 2]}))
+    with pytest.raises(CheckpointError, match="not a square"):
+        load_model(None, out)
+
+
+@pytest.mark.parametrize("writer, raw_words", [
+    (_ddim_training_list_with_ema, "raw weights (item 0"),
+    (_training_dict_with_ema, "raw 'model'"),
+])
+def test_model_ema_false_selects_the_raw_weights(golden, tmp_path, writer, raw_words):
+    # DDIM's switch: Model.ema: false samples states[0]. It was accepted and ignored (the EMA was always used).
+    path, _ = writer(golden, tmp_path)
+    raw = _perturbed(golden["state_dict"])
+    config = {**golden["config"], "ema": False}
+    assert raw_words in read_checkpoint(path, ema=False).format
+    model = load_model({"Model": config}, path)
+    want = _golden_model(golden)
+    want.load_state_dict(raw)
+    assert torch.allclose(_eps(model, golden), _eps(want, golden), atol=1e-5)
+    assert not torch.allclose(_eps(model, golden), golden["eps"], atol=1e-3)
+    assert torch.allclose(_eps(load_model(golden["config"], path), golden), golden["eps"], atol=1e-5)
+
+
+def test_model_ema_false_with_only_ema_weights_is_refused(golden, tmp_path):
+    torch.save({"ema": golden["state_dict"], "step": 3}, tmp_path / "e.pt")
+    with pytest.raises(CheckpointError, match="only EMA weights"):
+        load_model({"Model": {**golden["config"], "ema": False}}, tmp_path / "e.pt")
+
+
+def test_safetensors_and_torch_files_are_told_apart_by_content(golden, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in golden["state_dict"].items()}, str(tmp_path / "st.ckpt"))
+    torch.save(golden["state_dict"], tmp_path / "torch.safetensors")
+    for name in ("st.ckpt", "torch.safetensors"):
+        model = load_model(golden["config"], tmp_path / name)
+        assert torch.allclose(_eps(model, golden), golden["eps"], atol=1e-5)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(golden["config"], tmp_path / "junk.safetensors")
+
+
+def test_layout_hint_names_the_configured_model_when_it_is_closest(golden, tmp_path):
+    state = dict(golden["state_dict"])
+    del state["conv_out.bias"]
+    torch.save(state, tmp_path / "short.ckpt")
+    with pytest.raises(CheckpointError, match="closest is the configured model itself"):
+        load_model(golden["config"], tmp_path / "short.ckpt")

@@ -169,6 +169,14 @@ def test_score_sde_checkpoint_loads_its_ema_weights(golden, tmp_path):
     assert not torch.allclose(_eps(raw, golden), golden["eps"], atol=1e-3)
 
 
+def test_score_sde_checkpoint_with_model_ema_false_loads_the_raw_weights(golden, tmp_path):
+    path = _score_sde_checkpoint(golden, tmp_path / "checkpoint_8.pth")
+    model = load_model({"Model": {**golden["config"], "ema": False}}, path)
+    raw = _model({**golden, "state_dict": read_checkpoint(path).state})
+    assert torch.equal(_eps(model, golden), _eps(raw, golden))
+    assert "raw 'model' weights" in read_checkpoint(path, ema=False).format
+
+
 def test_score_sde_ema_list_of_the_wrong_length_is_one_line(golden, tmp_path):
     path = _score_sde_checkpoint(golden, tmp_path / "checkpoint_1.pth",
                                  shadow=list(golden["state_dict"].values())[:-1])

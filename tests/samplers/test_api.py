@@ -300,3 +300,20 @@ def test_half_precision_x_T_is_integrated_in_float32(method, dtype):
     assert out.dtype == dtype and set(seen) == {dtype, torch.float64}
     # the result's own rounding to half precision is ~4e-3 (bf16) of values ~1
     assert (out.double() - want).abs().max() < 0.03
+
+
+def test_pf_solver_failure_is_a_floating_point_error(model, monkeypatch):
+    # scipy gives up when the step size falls below float spacing (a flow that blows up): that was a RuntimeError
+    # the runner did not report as one line (a traceback, exit 1); now it is handled as a diverging model is.
+    import types
+
+    import samplers.probability_flow as pf
+
+    def failing(fun, span, y0, **kw):
+        fun(span[0], y0)
+        return types.SimpleNamespace(success=False, t=[0.25], y=None,
+                                     message="Required step size is less than spacing between numbers.")
+
+    monkeypatch.setattr(pf, "solve_ivp", failing)
+    with pytest.raises(FloatingPointError, match=r"PF: the ODE solver failed at s = 0.25 \(model timestep 249.8\)"):
+        sample(model, noise(2), SCHEDULE, method="PF")
