@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samplers import CONVENTIONS, available, get_method
+from samplers import CONVENTIONS, available
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,6 @@ def _features(p: argparse.ArgumentParser, stats_help: str) -> None:
 
 
 _BASES = [name for name in available() if "@" not in name]
-_TUNABLE = [name for name in _BASES if not get_method(name).adaptive and get_method(name).kind != "ancestral"]
 _SPACINGS = list(dict.fromkeys(name.split("@", 1)[1] for name in available() if "@" in name))
 METHOD_HELP = (f"one of {', '.join(_BASES)}; a fixed-step method runs on another time grid as NAME@SPACING, "
                f"SPACING one of {', '.join(_SPACINGS)} (samplers.available() lists every name)")
@@ -177,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=600, help="Adam steps on batches of 64 (default: 600)")
     p.add_argument("--affine", action="store_true",
                    help="also learn per-step scales of x and of the data-prediction update (gave 0.67x -> 0.54x "
-                        "the best fixed spacing at NFE 5 on digits; the scheme is then no longer exact for a point "
-                        "mass)")
+                        "the best fixed spacing at NFE 5 on digits; like the learned network times, they fit the "
+                        "scheme to this network at the cost of exactness for a point mass)")
     p.add_argument("--history", type=int, default=3, help="data predictions each step combines (default: 3)")
-    p.add_argument("--compare", default=",".join(_TUNABLE),
-                   help="comma-separated methods whose fixed spacings the solver is compared with (default: every "
-                        "deterministic fixed-step method)")
+    p.add_argument("--compare", default=None,
+                   help="comma-separated methods whose fixed spacings the solver is compared with, each of which "
+                        "must fit the NFE (default: every deterministic fixed-step method that fits it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tuning noise (its own stream: never the "
                                                        "noise 'sample' draws for any seed) (default: 0)")
     p.add_argument("--batch-size", type=int, default=None,

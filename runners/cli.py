@@ -362,9 +362,11 @@ def tune_job(args) -> TuneJob:
 
 
 def tune_solver_job(args) -> TuneSolverJob:
-    from samplers import get_method
+    from samplers import available, get_method
     from samplers.learned import BASE
     from samplers.tuning import held_out_count, steps_for_nfe, tunable_method
+
+    from .tune import largest_steps
 
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
@@ -372,9 +374,17 @@ def tune_solver_job(args) -> TuneSolverJob:
     _standard_convention(cfg, "tune-solver")
     try:
         steps_for_nfe(get_method(BASE), nfe, schedule.T)
-        compare = tuple(dict.fromkeys(tunable_method(m)[0].name for m in _split(args.compare, "--compare")))
+        given = (_split(args.compare, "--compare") if args.compare is not None else
+                 [n for n in available() if "@" not in n and not get_method(n).adaptive and not get_method(n).eta])
+        compare = tuple(dict.fromkeys(tunable_method(m)[0].name for m in given))
     except ValueError as e:
         raise ArgumentError(str(e)) from None
+    # checked before learning: the comparison runs after it, and a method without one step in the NFE left it
+    # with nothing to compare (a traceback that lost the whole run)
+    unfit = [m for m in compare if largest_steps(m, nfe, schedule.T) == 0]
+    if args.compare is not None and unfit:
+        raise ArgumentError(f"--compare {', '.join(unfit)}: not one step fits in NFE {nfe} (F-PNDM and FON need 10)")
+    compare = tuple(m for m in compare if m not in unfit)
     history = positive("--history", args.history)
     if history < 2:
         raise ArgumentError(f"--history must be at least 2, got {history}")

@@ -7,6 +7,7 @@ never scored on the noise it was tuned on.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -17,7 +18,7 @@ from samplers import get_method, sample, search_timesteps, tune_timesteps
 from samplers.grids import SPACINGS
 from samplers.tuning import check_differentiable, teacher_solve
 
-from .errors import ArgumentError, UserError
+from .errors import ArgumentError, ModelOutputError, UserError
 from .files import OutputLock, write_json_atomic
 from .grid_files import FORMAT
 from .jobs import TuneJob, is_centered
@@ -68,10 +69,11 @@ def fixed_spacings(method: str) -> list:
     return [f"{base}@{spacing}" for spacing in ("paper",) + SPACINGS]
 
 
-def largest_steps(method: str, nfe: int) -> int:
-    """The most steps of ``method`` within ``nfe`` evaluations (0 when not even one step fits: F-PNDM below 10)."""
+def largest_steps(method: str, nfe: int, T: int) -> int:
+    """The most steps of ``method`` within ``nfe`` evaluations and the schedule's T timesteps (0 when not even
+    one step fits: F-PNDM below 10)."""
     m = get_method(method)
-    return max((s for s in range(1, nfe + 1) if m.nfe(s) <= nfe), default=0)
+    return max((s for s in range(1, min(nfe, T) + 1) if m.nfe(s) <= nfe), default=0)
 
 
 def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -83,7 +85,7 @@ def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.T
             out = torch.cat([sample(eps, chunk, job.schedule, **kwargs) for chunk in x_T.split(job.batch_size)])
         return rms_per_sample(out, reference)
 
-    fixed = {name: summary(distances(method=name, steps=largest_steps(name, job.nfe)))
+    fixed = {name: summary(distances(method=name, steps=largest_steps(name, job.nfe, job.schedule.T)))
              for name in fixed_spacings(job.method)}
     # judged by the median sample: the mean of squares is decided by the few samples that change mode at this
     # NFE (they land near another digit whatever the grid), which no grid fixes
@@ -93,8 +95,21 @@ def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.T
 
 
 def run_tune_job(job: TuneJob) -> dict:
-    with OutputLock.for_file(job.out):  # two tunings into one file: the second is refused, not silently last
+    # two tunings into one file: the second is refused, not silently last
+    with OutputLock.for_file(job.out), nonfinite_model_is_a_user_error():
         return _run_tune_job(job)
+
+
+@contextlib.contextmanager
+def nonfinite_model_is_a_user_error():
+    """A network that returns NaN or inf (``sample`` and the tuners raise FloatingPointError) ends in one line."""
+    try:
+        yield
+    except FloatingPointError as e:
+        if isinstance(e, UserError):
+            raise
+        raise ModelOutputError(f"{e}: the network's output is not finite, so nothing can be tuned on it") \
+            from None
 
 
 def tuning_inputs(job) -> tuple:
@@ -196,7 +211,8 @@ def search_on_fid(job: TuneJob, eps, x_T, x_eval, device):
         except ValueError as e:
             raise ArgumentError(str(e)) from None
     fixed = {name: {"fid": fid_of_grid(eps, job, extractor, x_eval, method=name,
-                                       steps=largest_steps(name, job.nfe))} for name in fixed_spacings(job.method)}
+                                       steps=largest_steps(name, job.nfe, job.schedule.T))}
+             for name in fixed_spacings(job.method)}
     best = min(fixed, key=lambda name: fixed[name]["fid"])
     tuned = fid_of_grid(eps, job, extractor, x_eval, method=base, timesteps=grid)
     comparison = {"samples": int(x_eval.shape[0]), "tuned": {"fid": tuned}, "fixed": fixed, "best_fixed": best,

@@ -22,11 +22,13 @@ from .files import OutputLock, write_json_atomic
 from .jobs import TuneSolverJob
 from .sampling import versions
 from .solver_files import FORMAT
-from .tune import fixed_spacings, largest_steps, rms_per_sample, summary, teacher_of, tuning_inputs
+from .tune import (fixed_spacings, largest_steps, nonfinite_model_is_a_user_error, rms_per_sample,
+                   summary, teacher_of, tuning_inputs)
 
 
 def run_tune_solver_job(job: TuneSolverJob) -> dict:
-    with OutputLock.for_file(job.out):  # two runs into one file: the second is refused, not silently last
+    # two runs into one file: the second is refused, not silently last
+    with OutputLock.for_file(job.out), nonfinite_model_is_a_user_error():
         return _run(job)
 
 
@@ -91,7 +93,7 @@ def compare(eps, job: TuneSolverJob, solver, grid: list, x_T: torch.Tensor, refe
 
     fixed = {}
     for method in job.compare:
-        steps = largest_steps(method, job.nfe)
+        steps = largest_steps(method, job.nfe, job.schedule.T)
         if steps >= 1:
             fixed.update({name: summary(distances(method=name, steps=steps)) for name in fixed_spacings(method)})
     best = min(fixed, key=lambda name: fixed[name]["median_rms"])

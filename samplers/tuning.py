@@ -238,7 +238,8 @@ def check_free_points(m: Method, steps: int, learn_first: bool, last: Optional[f
 
 
 def check_differentiable(model: Callable, x: Tensor, T: int) -> None:
-    """One call of ``model`` on two samples with x and t requiring grad; a ValueError unless ε depends on both."""
+    """One call of ``model`` on two samples with x and t requiring grad; a ValueError unless ε depends on both
+    (a FloatingPointError when ε is not finite)."""
     x = x[:2].detach().clone().requires_grad_(True)
     t = torch.tensor(0.5 * (T - 1) + 0.37, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
@@ -248,6 +249,8 @@ def check_differentiable(model: Callable, x: Tensor, T: int) -> None:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"model failed on x and t that require grad ({first}); learned grids need a "
                              f"model differentiable in x and t") from None
+        if not torch.isfinite(eps).all():  # else NaN gradients would be blamed on the time input
+            raise FloatingPointError(f"model returned a non-finite ε at t={float(t.detach()):g}")
         if not eps.requires_grad:
             raise ValueError("model is not differentiable in t or x (its ε has no grad_fn; does it run under "
                              "torch.no_grad(), as models.prepare_for_inference does? pass the network itself)")

@@ -199,6 +199,8 @@ def test_tune_solver_end_to_end_then_sample_with_it(tiny, tmp_path, capsys):
     (("--nfe", 3, "--compare", "DDPM"), "stochastic"),
     (("--nfe", 3, "--compare", "PF"), "adaptive"),
     (("--nfe", 3, "--iterations", -1), "--iterations must be"),
+    # checked before learning: the comparison after it had no method to compare with (traceback, run lost)
+    (("--nfe", 3, "--compare", "F-PNDM"), "--compare F-PNDM: not one step fits in NFE 3"),
 ])
 def test_tune_solver_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
     cfg, _ = tiny
@@ -232,3 +234,38 @@ def test_tune_solver_refuses_a_network_without_time_gradients(tiny, tmp_path, ca
     one_line_error(capsys, "differentiable")
     assert not (tmp_path / "s.json").exists()
 
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("tune-solver", ("--holdout", 4)),
+    ("tune-grid", ("--method", "DDIM")),
+])
+@pytest.mark.parametrize("nan_from", [800.0, 300.0])  # 300: the differentiability probe at t ≈ 500 sees NaN too
+def test_tuning_a_network_that_returns_nan_is_one_line(tiny, tmp_path, capsys, monkeypatch, command, extra,
+                                                       nan_from):
+    # was a FloatingPointError traceback (exit 1), or "not differentiable in t" when the probe met the NaN
+    import runners.tune as tune
+
+    cfg, _ = tiny
+    real = tune.load_network
+    monkeypatch.setattr(tune, "load_network", lambda job, device: (lambda f: lambda x, t: torch.where(
+        (t >= nan_from).view(-1, 1, 1, 1), torch.nan, f(x, t)))(real(job, device)))
+    assert run(command, "--config", cfg, "--nfe", 3, "--num-samples", 12, "--eval-samples", 2, "--iterations", 1,
+               "--out", tmp_path / "s.json", *extra) == 2
+    err = capsys.readouterr().err.strip()  # after what a progress bar had drawn, if one was open: one error line
+    assert err.splitlines()[-1].startswith("error: model returned a non-finite ε") and err.count("error") == 1, err
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("tune-solver", ("--holdout", 4, "--compare", "DDIM")),
+    ("tune-grid", ("--method", "DDIM")),
+])
+def test_an_nfe_above_the_schedules_length_is_capped_in_the_comparison_too(tiny, tmp_path, command, extra):
+    # the tuning capped the steps at T; the comparison asked for steps = NFE > T and raised after all the work
+    cfg, _ = tiny
+    out = tmp_path / "s.json"
+    assert run(command, "--config", cfg, "--set", "Schedule.diffusion_step=10", "--nfe", 12, "--num-samples", 12,
+               "--eval-samples", 2, "--iterations", 1, "--out", out, *extra) == 0
+    data = json.loads(out.read_text())
+    assert data["nfe"] <= 10 and "DDIM@paper" in data["comparison"]["fixed"]
