@@ -55,7 +55,8 @@ class FolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return torch.from_numpy(read_image(self.paths[i], self.channels, self.image_size)), 0
+        # a copy: PIL's buffer is read-only, which torch.from_numpy warns about on every image
+        return torch.tensor(read_image(self.paths[i], self.channels, self.image_size)), 0
 
 
 def digits_images() -> torch.Tensor:

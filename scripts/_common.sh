@@ -13,6 +13,9 @@ pndm_run() {
   local py
   py=$(pndm_python)
   local launch=("$py")
+  case "${NPROC:-1}" in
+    *[!0-9]* | 0*) echo "error: NPROC must be a positive whole number of processes, got '${NPROC}'" >&2; exit 2 ;;
+  esac
   [ "${NPROC:-1}" -gt 1 ] && launch=("$py" -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
   local sub=$1
   shift

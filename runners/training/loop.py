@@ -55,7 +55,7 @@ def run_training(job: TrainJob) -> dict:
     found = WorkdirCheckpoint.read(workdir, job.resume)
     with session(job.device) as dist, forked(dist.device):
         say = functools.partial(_say, dist)
-        plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world)
+        plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world, workdir)
         train = TrainState.create(cfg, s, dist.device, dist.rank)
         record = ConfigRecord(plan.config)
         if found.state is not None:
@@ -119,14 +119,16 @@ class WorkdirBefore:
             write_atomic(workdir / CONFIG, lambda fh: fh.write(self.config))
 
 
-def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int) -> RunPlan:
+def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int, workdir: Path) -> RunPlan:
     per_step = s.batch_size * world
     steps_per_epoch = len(dataset) // per_step
     if steps_per_epoch == 0:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one step's {s.batch_size} × {world} "
                           "process(es)")
     total = s.max_steps if s.max_steps is not None else s.epochs * steps_per_epoch
-    return RunPlan(dataset, schedule, shape, per_step, steps_per_epoch, total, effective_config(cfg, s, total))
+    weights = workdir.resolve() / CHECKPOINTS / (EMA_FILE if s.ema else LAST)
+    return RunPlan(dataset, schedule, shape, per_step, steps_per_epoch, total,
+                   effective_config(cfg, s, total, weights))
 
 
 def _train(job: TrainJob, plan: RunPlan, record: ConfigRecord, train: TrainState, dist, own,
@@ -201,8 +203,10 @@ class _Monitor:
         if dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events of an interrupted run from this step on (all of them for a fresh run)
-            self.writer = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=train.step)
+            # purge_step hides the events an interrupted run logged after its last checkpoint (all of them for a
+            # fresh run); those of the checkpoint's own step (loss, preview grid) belong to the resumed trajectory
+            self.writer = SummaryWriter(str(self.workdir / "tensorboard"),
+                                        purge_step=train.step + 1 if train.step else 0)
             if s.sample_freq:
                 self.grid = SampleGrid(job.config, plan.schedule, plan.shape, s.seed, dist.device)
         self.history: list[tuple[int, float]] = []

@@ -73,3 +73,15 @@ def test_bench_gpu_prints_its_usage_and_fails_loudly(tmp_path):
     proc = subprocess.run(["bash", script, str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "PYTHON": str(no_torch), "PARTS": "unet"})
     assert proc.returncode == 1 and "cannot import torch" in proc.stdout and "=== done" not in proc.stdout
+
+
+@pytest.mark.parametrize("nproc", ["abc", "2x", "0", "-1", "02"])
+def test_a_bad_nproc_is_one_error_line(tmp_path, nproc):
+    # was a bash "integer expression expected" and a silent 1-process run (exit 0)
+    import os
+
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "train_digits.sh"), str(tmp_path / "w"), "--max-steps", "1"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "NPROC": nproc})
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: NPROC must be a positive whole number of processes, got '{nproc}'"), proc.stderr
+    assert not (tmp_path / "w").exists()

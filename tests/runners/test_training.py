@@ -213,7 +213,7 @@ def test_resume_with_changed_settings_records_them_from_their_step(tmp_path, cap
     train(config, other, 2)
     train(config, other, 4, resume=True)
     assert last(other)["resumes"] == [] and (other / "config.yml").read_text() == first.replace(
-        "max_steps: 2", "max_steps: 4")
+        "max_steps: 2", "max_steps: 4").replace(str(workdir.resolve()), str(other.resolve()))
 
 
 def test_resume_applies_changed_optimiser_settings(tmp_path):
@@ -526,3 +526,37 @@ def test_ctrl_c_reports_what_is_on_disk(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop, "_optimise", real)
     assert cli_main.main([*argv, "--resume"]) == 0
     assert last(workdir)["step"] == 5
+
+
+def _events(workdir: Path) -> set:
+    """(kind, tag, step) of every scalar and image TensorBoard shows for the run (after its purges)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return ({("scalar", t, e.step) for t in tags["scalars"] for e in acc.Scalars(t)} |
+            {("image", t, e.step) for t in tags["images"] for e in acc.Images(t)})
+
+
+def test_resume_keeps_the_events_of_the_checkpoints_own_step(straight, tmp_path):
+    # purge_step was the checkpoint's step: every --resume hid the loss and preview grid logged at that step
+    config, straight_dir, _ = straight
+    workdir = tmp_path / "run"
+    train(config, workdir, 20)
+    train(config, workdir, 40, resume=True)
+    resumed, full = _events(workdir), _events(straight_dir)
+    assert any(step == 20 for _, _, step in full) and {e for e in full if e[0] == "image"}
+    assert resumed == full
+
+
+def test_the_runs_config_names_its_own_weights(straight, tmp_path):
+    # W/config.yml kept the config file's Model.ckpt (the released or committed model), so sampling with it
+    # sampled another network with exit 0
+    _, workdir, _ = straight
+    recorded = load_config(workdir / "config.yml")
+    assert recorded["Model"]["ckpt"] == str((workdir / "checkpoints" / "ema.pt").resolve())
+    config = write_config(tmp_path, Train={"ema": False, "snapshot_freq": 2, "sample_freq": 0})
+    train(config, tmp_path / "raw", 2)
+    assert load_config(tmp_path / "raw" / "config.yml")["Model"]["ckpt"] == str(
+        (tmp_path / "raw" / "checkpoints" / "last.pt").resolve())
