@@ -22,15 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runners.frontier import DIFFUSERS_BETAS, budget_list, parse_seeds, run_frontier  # noqa: E402
+from runners.frontier import DIFFUSERS_BETAS, budget_list, run_frontier  # noqa: E402
+from runners.frontier.run import int_list_arg, positive_int  # noqa: E402
 from runners.frontier.tuned import TUNE_OFFSET, TUNED_METHODS, TuneSettings  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=budget_list, default="5,10,20,50", help="NFE budgets, comma-separated")
-    p.add_argument("--mixtures", type=parse_seeds, default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
-    p.add_argument("--batch", type=int, default=32, help="noise samples per mixture")
+    p.add_argument("--mixtures", type=int_list_arg(0), default="0-63", help="mixture seeds, e.g. 0-63 or 0,1,2")
+    p.add_argument("--batch", type=positive_int, default=32, help="noise samples per mixture")
     p.add_argument("--noise-offset", type=int, default=1000,
                    help="mixture s draws its noise samples from seed NOISE_OFFSET + s (another value: other noise)")
     p.add_argument("--schedule", choices=sorted(DIFFUSERS_BETAS), default="linear",
@@ -39,8 +40,8 @@ def main():
                    help="the analytic benchmark only (no FID stage: 4 min instead of 65 with --no-tuned, README)")
     p.add_argument("--fid-top", type=int, default=2,
                    help="configurations per side and budget scored on all FID samples")
-    p.add_argument("--fid-samples", type=int, default=2000, help="samples per FID of the final table")
-    p.add_argument("--screen-samples", type=int, default=256,
+    p.add_argument("--fid-samples", type=positive_int, default=2000, help="samples per FID of the final table")
+    p.add_argument("--screen-samples", type=positive_int, default=256,
                    help="samples per configuration in the FID screen")
     p.add_argument("--fid-seeds", type=int, default=5,
                    help="noise seeds (0 and up) on which the best pair of each screened budget is scored")
@@ -54,7 +55,7 @@ def main():
                    help="tune on the first N mixtures (the tuned table compares all sides on those N); 0: all")
     p.add_argument("--tune-budgets", type=budget_list, default="5,10,20",
                    help="budgets (of --budgets) at which to tune ('' for all of --budgets)")
-    p.add_argument("--tune-noises", type=int, default=TuneSettings.noises,
+    p.add_argument("--tune-noises", type=positive_int, default=TuneSettings.noises,
                    help="tuning noises per mixture (a quarter held out; the rest is each Adam step's batch)")
     p.add_argument("--tune-iterations", type=int, default=TuneSettings.iterations,
                    help="Adam iterations per tuned grid")

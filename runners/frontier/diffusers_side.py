@@ -43,13 +43,17 @@ def diffusers_configs(schedule_kind: str = "linear"):
                         **base, algorithm_type="dpmsolver++", solver_order=order, timestep_spacing=sp,
                         final_sigmas_type="zero", **extra)))
     for variant in ("bh1", "bh2"):
+        # bh1's B(h) = h is infinite on the step to σ = 0, where diffusers returns NaN: it ends at σ_min there
+        # (the only end on which bh1 finishes; dropping its NaN rows left diffusers without bh1 in the comparison)
+        final = "zero" if variant == "bh2" else "sigma_min"
         for order in (2, 3):
             for name, extra in sigma_options.items():
                 for sp in spacings if name == "default" else ("linspace",):
-                    out.append((f"UniPCMultistep[{variant}, order {order}, {name}, {sp}]",
-                                lambda variant=variant, order=order, extra=extra, sp=sp: d.UniPCMultistepScheduler(
-                                    **base, solver_type=variant, solver_order=order, timestep_spacing=sp,
-                                    final_sigmas_type="zero", **extra)))
+                    end = "" if final == "zero" else ", ends at sigma_min"
+                    out.append((f"UniPCMultistep[{variant}, order {order}, {name}, {sp}{end}]",
+                                lambda variant=variant, order=order, extra=extra, sp=sp, final=final:
+                                d.UniPCMultistepScheduler(**base, solver_type=variant, solver_order=order,
+                                                          timestep_spacing=sp, final_sigmas_type=final, **extra)))
     for order in (2, 3):
         for name, extra in sigma_options.items():
             for sp in spacings if name == "default" else ("linspace",):

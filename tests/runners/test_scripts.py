@@ -28,6 +28,8 @@ def test_bad_dataset_argument(script, args):
     ("bench_samplers.py", ["--steps", "5,x"], "argument --steps: expected comma-separated integers"),
     ("bench_samplers.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
     ("bench_unet.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),  # was a table of 0s
+    ("bench_frontier.py", ["--mixtures", "5-3"], "argument --mixtures: expected integers >= 0, got '5-3'"),
+    ("bench_frontier.py", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),  # tracebacks
     ("bench_tuning.py", ["--nfe", "0,5"], "argument --nfe: expected integers >= 1"),
     ("bench_tuning.py", ["--mixtures", "-1"], "argument --mixtures: expected comma-separated integers"),
 ])

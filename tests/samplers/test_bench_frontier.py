@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from runners.frontier import FLIP, DigitsFID, analytic_table, diffusers_configs, parse_seeds, seed_text
 from tests.conftest import REPO
@@ -94,3 +95,20 @@ def test_diffusers_side_uses_the_benchmarks_schedule(kind):
     ours = NoiseSchedule(kind).alphas_cumprod
     for label, factory in diffusers_configs(kind)[::9]:
         np.testing.assert_allclose(factory().alphas_cumprod.numpy(), ours, atol=1e-6, rtol=0, err_msg=label)
+
+
+def test_every_diffusers_configuration_finishes_with_finite_samples():
+    # bh1 ran with final_sigmas_type="zero", where diffusers returns NaN (B(h) = h is infinite on the step to
+    # σ = 0); the frontier dropped those rows without a word, so no bh1 configuration was ever compared
+    from models import GaussianMixture
+    from runners.frontier import run_diffusers
+    from samplers import NoiseSchedule
+
+    schedule = NoiseSchedule("linear")
+    model = GaussianMixture.random(3, (2, 4, 4), seed=0, schedule=schedule)
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    configs = diffusers_configs()
+    assert sum("UniPCMultistep[bh1" in label for label, _ in configs) == 12
+    for label, factory in configs:
+        x0, nfe = run_diffusers(factory, model, x_T, 6)
+        assert torch.isfinite(x0).all(), label
