@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "and tune-solver: all cores, whatever the load, since what they learn depends on it)")
 
 
-def _sampling(p: argparse.ArgumentParser) -> None:
+def _sampling(p: argparse.ArgumentParser, seed_help: bool = True) -> None:
     p.add_argument("--ckpt", default=None, help="checkpoint file or diffusers folder (default: Model.ckpt)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (runs code from the file: only for files "
@@ -40,8 +40,10 @@ def _sampling(p: argparse.ArgumentParser) -> None:
                    help=f"alpha indexing, one of {', '.join(CONVENTIONS)}: 'standard' (DDIM/diffusers, default) or "
                         f"'official' (the released code's alphas_cumprod[t+1])")
     p.add_argument("--batch-size", type=int, default=None, help="default: Sample.batch_size")
-    p.add_argument("--seed", type=int, default=None, help="base seed; sample i uses a generator seeded from "
-                                                           "(seed, i) (default: Sample.seed or 0)")
+    # ablate keeps the flag only to refuse it (argparse would read --seed as an abbreviation of --seeds)
+    p.add_argument("--seed", type=int, default=None,
+                   help="base seed; sample i uses a generator seeded from (seed, i) (default: Sample.seed or 0)"
+                   if seed_help else argparse.SUPPRESS)
     p.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the network (pays off on a GPU: 2.7x in bf16 on an H200; see "
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="methods × steps × seeds: FID and distance to a reference solution")
     _common(p)
-    _sampling(p)
+    _sampling(p, seed_help=False)
     p.add_argument("--methods", default=None, help="comma-separated, as --method of 'sample' (default: FID.methods)")
     p.add_argument("--steps", default=None, help="comma-separated step counts (default: FID.steps)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: FID.seeds or 0)")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from .config import get, load_config
-from .errors import ArgumentError, ConfigError, OutputError, UserError
+from .errors import ArgumentError, ConfigError, MissingFileError, OutputError, UserError
 from .files import check_output_file, check_output_folder
 from .grid_files import check_grid_for, is_grid_file, read_grid_file
 from .jobs import (OBJECTIVES, AblateJob, FidJob, FidSpec, SampleJob, Sampling, StatsJob, TrainJob, TuneJob,
@@ -25,6 +25,17 @@ def user_errors() -> tuple:
     from models import CheckpointError
 
     return (UserError, CheckpointError)
+
+
+def _given(args, cfg: dict, flag: str, key: str, default=None):
+    """(value, name): the flag's value when given, else the config key's (``Section.key``) or ``default``; the
+    name an error should use, the flag or the key and its file, so that a bad config value is not blamed on a
+    flag the user never typed."""
+    value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if value is not None:
+        return value, flag
+    section, name = key.split(".", 1)
+    return get(cfg, section, name, default), f"{key} in {args.config}"
 
 
 def _split(text, name: str, cast=str) -> list:
@@ -63,14 +74,18 @@ def _check_model(cfg: dict) -> None:
                           f"input's shape (check out_ch / out_channels against in_channels)")
 
 
-def _fid_spec(cfg: dict, stats, weights) -> FidSpec:
+def _fid_spec(cfg: dict, args) -> FidSpec:
     from .features import EXTRACTORS, extractor_weights
     from .fid import check_compatible, load_stats
 
-    stats = pick(stats, get(cfg, "FID", "stats", required=stats is None))
+    stats, source = _given(args, cfg, "--stats", "FID.stats")
+    if stats is None:
+        get(cfg, "FID", "stats", required=True)  # the config error naming the missing key
+    if source != "--stats" and not Path(stats).exists():
+        raise MissingFileError(f"statistics file not found: {stats} ({source})")
     reference = load_stats(stats)
     name = get(cfg, "FID", "extractor", "inception")
-    weights = extractor_weights(name, pick(weights, get(cfg, "FID", "extractor_weights")))
+    weights = extractor_weights(name, pick(args.inception_weights, get(cfg, "FID", "extractor_weights")))
     check_compatible(reference, EXTRACTORS[name])
     return FidSpec(stats_path=str(stats), stats_sha256=sha256_file(stats), reference=reference, extractor=name,
                    extractor_weights=weights, extractor_sha256=sha256_file(weights))
@@ -119,7 +134,7 @@ def _learned_sampling(solver_file, convention: str, schedule, eta=None) -> Sampl
 
 def _model(args, cfg: dict):
     _check_model(cfg)
-    return model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint,
+    return model_spec(cfg, *_given(args, cfg, "--ckpt", "Model.ckpt"), args.trust_checkpoint,
                       pick(args.precision, get(cfg, "Sample", "precision", "fp32")),
                       bool(args.compile or get(cfg, "Sample", "compile", False)))
 
@@ -175,11 +190,11 @@ def sample_job(args) -> SampleJob:
         check_grid_for(grid, method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
     job = SampleJob(
         config=cfg, out=check_output_folder(args.out), sampling=sampling, schedule=schedule,
-        model=model, seed=nonnegative("--seed", pick(args.seed, get(cfg, "Sample", "seed", 0))),
-        num_samples=positive("--num-samples", pick(args.num_samples, get(cfg, "Sample", "total_num"))),
-        batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
+        model=model, seed=nonnegative(*_given(args, cfg, "--seed", "Sample.seed", 0)[::-1]),
+        num_samples=positive(*_given(args, cfg, "--num-samples", "Sample.total_num")[::-1]),
+        batch_size=positive(*_given(args, cfg, "--batch-size", "Sample.batch_size", 64)[::-1]),
         image_shape=image_shape(cfg), device=_device(args),
-        fid=_fid_spec(cfg, args.stats, args.inception_weights) if args.fid else None)
+        fid=_fid_spec(cfg, args) if args.fid else None)
     for flag, value in (("--stats", args.stats), ("--inception-weights", args.inception_weights)):
         if value is not None and not args.fid:  # a flag that would change nothing is a mistake
             raise ArgumentError(f"{flag} is for the FID: add --fid")
@@ -193,7 +208,7 @@ def fid_job(args) -> FidJob:
     folder = Path(args.samples)
     if not args.samples.strip() or not folder.is_dir():
         raise UserError(f"samples folder not found: {folder}")
-    return FidJob(samples=folder, fid=_fid_spec(cfg, args.stats, args.inception_weights),
+    return FidJob(samples=folder, fid=_fid_spec(cfg, args),
                   image_shape=_shape_or_rgb(cfg), device=_device(args))
 
 
@@ -215,7 +230,7 @@ def stats_job(args) -> StatsJob:
     return StatsJob(out=check_replaceable_output(args.out, "statistics"), extractor=name,
                     extractor_weights=extractor_weights(name, pick(args.inception_weights,
                                                              get(cfg, "FID", "extractor_weights"))),
-                    batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "FID", "batch_size", 200))),
+                    batch_size=positive(*_given(args, cfg, "--batch-size", "FID.batch_size", 200)[::-1]),
                     image_shape=_shape_or_rgb(cfg), source=source, dataset=dict(cfg.get("Dataset", {})),
                     split=pick(args.split, get(cfg, "Dataset", "split", "train")), device=_device(args))
 
@@ -235,9 +250,10 @@ def ablate_job(args) -> AblateJob:
     cfg = load_config(args.config, args.overrides)
     schedule = schedule_of(cfg)
     convention = _convention(args, cfg)
-    methods = _split(pick(args.methods, get(cfg, "FID", "methods", "DDIM,S-PNDM,F-PNDM")), "--methods")
-    steps_list = _split(pick(args.steps, get(cfg, "FID", "steps", "10,20,50")), "--steps", int)
-    seeds = [nonnegative("--seeds", s) for s in _split(pick(args.seeds, get(cfg, "FID", "seeds", "0")), "--seeds", int)]
+    methods = _split(*_given(args, cfg, "--methods", "FID.methods", "DDIM,S-PNDM,F-PNDM"))
+    steps_list = _split(*_given(args, cfg, "--steps", "FID.steps", "10,20,50"), int)
+    seeds_text, seeds_name = _given(args, cfg, "--seeds", "FID.seeds", "0")
+    seeds = [nonnegative(seeds_name, s) for s in _split(seeds_text, seeds_name, int)]
     cells = []
     for method in methods:
         for steps in steps_list:
@@ -271,11 +287,10 @@ def ablate_job(args) -> AblateJob:
         raise ArgumentError(f"--num-samples must be at least 2 for a FID, got {num}")
     return AblateJob(
         config=cfg, out=check_output_folder(args.out), cells=tuple(cells), seeds=tuple(dict.fromkeys(seeds)),
-        schedule=schedule, model=model, fid=_fid_spec(cfg, args.stats, args.inception_weights),
+        schedule=schedule, model=model, fid=_fid_spec(cfg, args),
         num_samples=positive("--num-samples", num),
-        batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
-        reference_samples=positive("--reference-samples",
-                                   pick(args.reference_samples, get(cfg, "FID", "reference_samples", 64))),
+        batch_size=positive(*_given(args, cfg, "--batch-size", "Sample.batch_size", 64)[::-1]),
+        reference_samples=positive(*_given(args, cfg, "--reference-samples", "FID.reference_samples", 64)[::-1]),
         image_shape=image_shape(cfg), device=_device(args),
         noise_floor_split=get(cfg, "Dataset", "split", "train") if get(cfg, "FID", "noise_floor") else None)
 
@@ -339,7 +354,7 @@ def tune_job(args) -> TuneJob:
         raise ArgumentError(str(e)) from None
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the tuning differentiates through the network
-    model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
+    model = model_spec(cfg, *_given(args, cfg, "--ckpt", "Model.ckpt"), args.trust_checkpoint, "fp32", False)
     num_samples = positive("--num-samples", pick(args.num_samples, 2000 if fid else 256))
     if not fid:  # before the progress bar opens, not inside the library
         try:
@@ -354,11 +369,11 @@ def tune_job(args) -> TuneJob:
                    eval_samples=eval_samples,
                    seed=nonnegative("--seed", args.seed),
                    iterations=None if args.iterations is None else positive("--iterations", args.iterations),
-                   batch_size=positive("--batch-size", pick(args.batch_size, get(cfg, "Sample", "batch_size", 64))),
+                   batch_size=positive(*_given(args, cfg, "--batch-size", "Sample.batch_size", 64)[::-1]),
                    image_shape=image_shape(cfg), device=_device(args), loss=loss,
                    learn_first=bool(args.learn_first), last=args.last, objective=args.objective,
                    evaluations=None if args.evaluations is None else nonnegative("--evaluations", args.evaluations),
-                   fid=_fid_spec(cfg, args.stats, args.inception_weights) if fid else None)
+                   fid=_fid_spec(cfg, args) if fid else None)
 
 
 def tune_solver_job(args) -> TuneSolverJob:
@@ -399,13 +414,12 @@ def tune_solver_job(args) -> TuneSolverJob:
         raise ArgumentError(f"--num-samples {num_samples}: {e}") from None
     _check_model(cfg)
     # fp32 and eager whatever Sample.precision/compile say: the learning differentiates through the network
-    model = model_spec(cfg, pick(args.ckpt, get(cfg, "Model", "ckpt")), args.trust_checkpoint, "fp32", False)
+    model = model_spec(cfg, *_given(args, cfg, "--ckpt", "Model.ckpt"), args.trust_checkpoint, "fp32", False)
     return TuneSolverJob(config=cfg, out=check_replaceable_output(args.out, "solver"), nfe=nfe, schedule=schedule,
                          model=model,
                          num_samples=num_samples, eval_samples=positive("--eval-samples", args.eval_samples),
                          seed=nonnegative("--seed", args.seed), iterations=nonnegative("--iterations", args.iterations),
-                         batch_size=positive("--batch-size", pick(args.batch_size,
-                                                                  get(cfg, "Sample", "batch_size", 64))),
+                         batch_size=positive(*_given(args, cfg, "--batch-size", "Sample.batch_size", 64)[::-1]),
                          image_shape=image_shape(cfg), compare=compare, device=_device(args),
                          affine=bool(args.affine), history=history, holdout=holdout)
 

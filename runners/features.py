@@ -11,8 +11,8 @@ project's CPU), so the network always sees chunks of exactly ``FEATURE_CHUNK`` i
 black images. At that fixed size, measured here, an image's features do not depend on its position in the chunk
 or on the other images in it. They do depend on torch's CPU thread count on some CPUs (8.6e-6 between 1 and 2
 threads on an AVX-512 Xeon, none on an AVX2 EPYC), and ``--threads``' default follows the machine's load, so the
-network always runs with ``FEATURE_THREADS`` threads (``fixed_threads``): the same FID whatever the load or
-``--threads``, on a given machine. On a GPU the network runs with TF32 off (``tf32_policy``):
+network always runs with ``FEATURE_THREADS`` threads (``fixed_threads``), one per core the process may use: the
+same FID whatever the load or ``--threads``, for a given machine and core allocation. On a GPU the network runs with TF32 off (``tf32_policy``):
 TF32 rounds the Inception convolutions' inputs to 10 mantissa bits, which is not the FID anyone else computes.
 """
 from __future__ import annotations
@@ -38,7 +38,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # batch size (64 is the smallest size at which the digits features match those of larger batches here, and
 # large enough to keep a GPU busy with Inception at 299×299)
 FEATURE_CHUNK = 64
-FEATURE_THREADS = max(1, os.cpu_count() or 1)  # every core: a count that does not depend on the load
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity: a SLURM or taskset job's share, not the whole machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+FEATURE_THREADS = _usable_cores()  # every usable core: a count that does not depend on the load
 
 
 @contextlib.contextmanager

@@ -51,19 +51,32 @@ def sampler_generators(indices, seed: int) -> list:
 def versions() -> dict:
     import scipy
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "commit": _git_commit()}
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def _git_commit() -> Optional[str]:
-    head = Path(__file__).resolve().parents[1] / ".git" / "HEAD"
     try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (head.parent / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return None
+        fid_version = version("pytorch-fid")  # computes every Inception FID
+    except PackageNotFoundError:
+        fid_version = None
+    commit, dirty = _git_state()
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "pytorch_fid": fid_version, "commit": commit, "uncommitted_changes": dirty}
+
+
+def _git_state(root: Path = Path(__file__).resolve().parents[1]) -> tuple[Optional[str], Optional[bool]]:
+    """The commit of the checkout at ``root`` (this code's) and whether tracked files differ from it, by asking
+    git (packed refs, worktrees and detached heads included); (None, None) outside a git checkout or without git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None, None
+        diff = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return head.stdout.strip(), {0: False, 1: True}.get(diff.returncode)
 
 
 def samples_present(out_dir: Path) -> bool:

@@ -181,11 +181,13 @@ class ModelSpec:
     compile: bool = False
 
 
-def model_spec(cfg: dict, checkpoint: Optional[str], trust: bool, precision: str, compile_: bool) -> ModelSpec:
+def model_spec(cfg: dict, checkpoint: Optional[str], source: str, trust: bool, precision: str,
+               compile_: bool) -> ModelSpec:
+    """``source``: where ``checkpoint`` came from (``--ckpt``, or ``Model.ckpt in FILE``), for the error."""
     if not checkpoint:
         raise ConfigError("no checkpoint: pass --ckpt or set Model.ckpt in the config")
     if not Path(checkpoint).exists():
-        raise MissingFileError(f"checkpoint not found: {checkpoint}")
+        raise MissingFileError(f"checkpoint not found: {checkpoint} ({source})")
     if precision not in PRECISIONS:
         raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return ModelSpec(str(checkpoint), sha256_file(checkpoint), bool(trust), precision, bool(compile_))

@@ -242,6 +242,18 @@ CASES = [
          "at least 2 for a FID"),
     Case("ablate: negative seed", A + ["--seeds", "0,-1"], 2, "--seeds must be at least 0"),
     Case("ablate: --seed (sample's flag) was ignored", A + ["--seed", "7"], 2, "ablate takes --seeds"),
+    # a bad config value is named by its key and file, not by a flag the user never typed
+    Case("config: negative Sample.seed", S + ["--set", "Sample.seed=-1"], 2,
+         "Sample.seed in {cfg} must be at least 0, got -1"),
+    Case("config: zero Sample.batch_size", S + ["--set", "Sample.batch_size=0"], 2,
+         "Sample.batch_size in {cfg} must be at least 1"),
+    Case("config: FID.steps not numbers", A[:-4] + ["--methods", "DDIM", "--set", "FID.steps=5,x"], 2,
+         "FID.steps in {cfg} '5,x': expected a comma-separated list of ints"),
+    Case("config: negative FID.seeds", A + ["--set", "FID.seeds=-1"], 2, "FID.seeds in {cfg} must be at least 0"),
+    Case("config: missing Model.ckpt", S + ["--set", "Model.ckpt={root}/none.pt"], 2,
+         "checkpoint not found: {root}/none.pt (Model.ckpt in {cfg})"),
+    Case("config: missing FID.stats", S + ["--fid", "--set", "FID.stats={root}/none.npz"], 2,
+         "statistics file not found: {root}/none.npz (FID.stats in {cfg})"),
     Case("ablate: unknown method", A[:-2] + ["--methods", "DDIM,RK9"], 2, "unknown method 'RK9'"),
 ]
 
@@ -257,7 +269,7 @@ def test_bad_input(case, env, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "img/s" not in line
            and "features" not in line]
     assert code == case.code, err
-    assert len(err) == 1 and err[0].startswith("error:") and case.message in err[0], err
+    assert len(err) == 1 and err[0].startswith("error:") and fill(case.message, env, out) in err[0], err
     for path in case.absent:
         assert not Path(fill(path, env, out)).exists(), path
     assert not list(tmp_path.rglob(".*.tmp")) and not list(env["root"].rglob(".*.tmp"))
@@ -402,3 +414,10 @@ def test_fid_has_no_batch_size_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["fid", "--config", "x.yml", "--samples", "x", "--batch-size", "8"])
     assert e.value.code == 2 and "unrecognized arguments: --batch-size 8" in capsys.readouterr().err
+
+
+def test_ablate_help_does_not_offer_the_seed_flag_it_refuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["ablate", "--help"])
+    out = capsys.readouterr().out
+    assert "--seeds" in out and "--seed " not in out and "--seed=" not in out

@@ -14,6 +14,7 @@ from PIL import Image
 
 from main import main
 from runners.images import sample_path
+from runners.sampling import _git_state, versions
 from runners.setup import sha256_file
 
 from .conftest import REPO, kill_sampling_after, write_tiny
@@ -469,3 +470,22 @@ def test_the_manifest_config_of_pf_and_eta_runs_loads_again(tiny, tmp_path):
         a, b = (json.loads((d / "manifest.json").read_text())["identity"] for d in (first, again))
         assert a == b
         assert all(sample_path(first, i, 2).read_bytes() == sample_path(again, i, 2).read_bytes() for i in range(2))
+
+
+def test_manifest_commit_is_read_through_git_also_with_packed_refs(tmp_path):
+    # only loose ref files were read: after git gc / pack-refs, or in a worktree, the manifest said "commit": null
+    import shutil
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "pack-refs", "--all"], check=True)
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert _git_state(clone) == (head, False)
+    (clone / "README.md").write_text("changed\n")
+    assert _git_state(clone) == (head, True)
+    assert _git_state(tmp_path) == (None, None)  # not a checkout
+    assert versions()["commit"] == subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                                  text=True, check=True).stdout.strip()

@@ -205,7 +205,7 @@ def test_solves_run_together_give_each_the_numbers_it_gets_alone(tiny):
 
     cfg_path, ckpt = tiny
     cfg = yaml.safe_load(cfg_path.read_text())
-    eps = load_eps(model_spec(cfg, str(ckpt), False, "fp32", False), cfg, torch.device("cpu"))
+    eps = load_eps(model_spec(cfg, str(ckpt), "--ckpt", False, "fp32", False), cfg, torch.device("cpu"))
     schedule = NoiseSchedule("linear")
     x_T = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     settings = [("iPNDM@paper", 9), ("DDIM", 4), ("F-PNDM", 6), ("S-PNDM", 3)]
