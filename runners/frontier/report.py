@@ -107,7 +107,9 @@ def tuned_markdown(rows, budgets, mixtures, noise_offset):
              "(start spacing included) with the lowest loss "
              "on a held-out quarter of the tuning noise. The tuned grid is then scored on the benchmark's noise like "
              "every other row. All columns below are over the same tuned mixtures; "
-             "*same method* is the best fixed spacing of the tuned row's method.", ""]
+             "*same method* is the best fixed spacing of the tuned row's method. The tuning's defaults (loss, "
+             "methods, noises, iterations) were chosen on mixtures 0–15 of the linear schedule: results on "
+             "mixtures that took no part in any choice are in [TUNING.md](TUNING.md) (\"Held-out mixtures\").", ""]
     for key, what in (("rmse", "Mean"), ("median", "Median")):
         lines += [f"{what} RMSE over the tuned mixtures:", "",
                   "| budget | best tuned | RMSE | best fixed of ours | RMSE | best diffusers configuration | RMSE | "
