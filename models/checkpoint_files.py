@@ -39,6 +39,7 @@ from .diffusers_format import (
     diffusers_to_ddpm_state_dict,
     diffusers_weights_file,
     find_diffusers_dir,
+    is_diffusers_config,
     looks_like_diffusers,
     read_diffusers_config,
 )
@@ -243,7 +244,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False, *, ema: bool =
         state = diffusers_to_ddpm_state_dict(state)
         if not path.is_dir():
             fmt += ", diffusers key names"
-            if (path.parent / "config.json").is_file():
+            if is_diffusers_config(path.parent / "config.json"):
                 # the weights file of a diffusers folder: its config.json decides ε through settings the weights
                 # do not show (time embedding flip and shift, downsampling padding, norm eps)
                 read_diffusers_config(path.parent)

@@ -157,7 +157,20 @@ def read_diffusers_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable diffusers config ({type(err).__name__})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a diffusers config (a JSON {type(config).__name__}, not an object)")
-    return ddpm_config_from_diffusers(config)
+    try:
+        return ddpm_config_from_diffusers(config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def is_diffusers_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json that diffusers wrote (it names ``_class_name`` or ``_diffusers_version``),
+    not some other tool's file of that name."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and ("_class_name" in config or "_diffusers_version" in config)
 
 
 def diffusers_config(section: Mapping[str, Any]) -> dict[str, Any]:

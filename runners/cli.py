@@ -21,21 +21,29 @@ from .setup import (apply_threads, image_shape, model_spec, nonnegative, pick, p
 
 
 def user_errors() -> tuple:
-    """The exceptions main.py prints as one line (exit 2); everything else is a bug and keeps its traceback."""
+    """The exceptions main.py prints as one line (exit 2); everything else is a bug and keeps its traceback.
+    FloatingPointError is what the samplers raise for a network that returns NaN or inf (the step and timestep
+    named), wherever a command runs one (a sampled cell, ablate's reference solve, a teacher)."""
     from models import CheckpointError
 
-    return (UserError, CheckpointError)
+    return (UserError, CheckpointError, FloatingPointError)
 
 
 def _given(args, cfg: dict, flag: str, key: str, default=None):
     """(value, name): the flag's value when given, else the config key's (``Section.key``) or ``default``; the
-    name an error should use, the flag or the key and its file, so that a bad config value is not blamed on a
-    flag the user never typed."""
+    name an error should use — the flag, ``--set Section.key``, or the key and its file — so that a bad value is
+    blamed on what the user typed or wrote."""
     value = getattr(args, flag.lstrip("-").replace("-", "_"))
     if value is not None:
         return value, flag
     section, name = key.split(".", 1)
-    return get(cfg, section, name, default), f"{key} in {args.config}"
+    overridden = any(o.split("=", 1)[0].strip() == key for o in getattr(args, "overrides", None) or ())
+    return get(cfg, section, name, default), f"--set {key}" if overridden else f"{key} in {args.config}"
+
+
+def _uses_ema(cfg: dict) -> bool:
+    """Whether the job samples a checkpoint's EMA weights (Model.ema, DDIM's switch; true by default)."""
+    return get(cfg, "Model", "ema", True) is not False
 
 
 def _split(text, name: str, cast=str) -> list:
@@ -171,7 +179,7 @@ def sample_job(args) -> SampleJob:
                                     f"the solver sets the method and its steps")
         sampling = _learned_sampling(solver_file, _convention(args, cfg), schedule, eta)
         model = _model(args, cfg)
-        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), _uses_ema(cfg), args.force)
     elif grid_path is None:
         method = pick(args.method, get(cfg, "Sample", "method"))
         if method is None:
@@ -187,7 +195,7 @@ def sample_job(args) -> SampleJob:
         method = pick(args.method, grid.method)  # the grid's method unless the user names one
         sampling = _tuned_sampling(grid, method, _convention(args, cfg), schedule, eta)
         model = _model(args, cfg)
-        check_grid_for(grid, method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        check_grid_for(grid, method, model.checkpoint_sha256, cfg.get("Schedule", {}), _uses_ema(cfg), args.force)
     job = SampleJob(
         config=cfg, out=check_output_folder(args.out), sampling=sampling, schedule=schedule,
         model=model, seed=nonnegative(*_given(args, cfg, "--seed", "Sample.seed", 0)[::-1]),
@@ -263,7 +271,7 @@ def ablate_job(args) -> AblateJob:
     model = _model(args, cfg)
     for path in _file_list(args.timesteps_file, "--timesteps-file", cfg, "timesteps_file"):
         grid = read_grid_file(path)
-        check_grid_for(grid, grid.method, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        check_grid_for(grid, grid.method, model.checkpoint_sha256, cfg.get("Schedule", {}), _uses_ema(cfg), args.force)
         cell = _tuned_sampling(grid, grid.method, convention, schedule)
         twin = next((c for c in cells if (c.label, c.steps) == (cell.label, cell.steps)), None)
         if twin is not None and twin != cell:
@@ -273,7 +281,7 @@ def ablate_job(args) -> AblateJob:
             cells.append(cell)
     for path in _file_list(args.solver_file, "--solver-file", cfg, "solver_file"):
         solver_file = read_solver_file(path)
-        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), args.force)
+        check_solver_for(solver_file, model.checkpoint_sha256, cfg.get("Schedule", {}), _uses_ema(cfg), args.force)
         cell = _learned_sampling(solver_file, convention, schedule)
         twin = next((c for c in cells if (c.label, c.steps) == (cell.label, cell.steps)), None)
         if twin is not None and twin != cell:
@@ -398,7 +406,8 @@ def tune_solver_job(args) -> TuneSolverJob:
     # with nothing to compare (a traceback that lost the whole run)
     unfit = [m for m in compare if largest_steps(m, nfe, schedule.T) == 0]
     if args.compare is not None and unfit:
-        raise ArgumentError(f"--compare {', '.join(unfit)}: not one step fits in NFE {nfe} (F-PNDM and FON need 10)")
+        needs = ", ".join(f"{m} needs {get_method(m).nfe(1)}" for m in unfit)
+        raise ArgumentError(f"--compare: not one step of {', '.join(unfit)} fits in NFE {nfe} ({needs})")
     compare = tuple(m for m in compare if m not in unfit)
     history = positive("--history", args.history)
     if history < 2:

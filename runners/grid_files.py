@@ -31,6 +31,7 @@ class GridFile:
     nfe: Optional[int]
     checkpoint_sha256: Optional[str]
     schedule: Optional[dict]
+    ema: bool = True  # tuned on the checkpoint's EMA weights (the config's Model.ema), as sampling uses by default
 
     @property
     def sha256(self) -> str:
@@ -76,12 +77,12 @@ def read_grid_file(path) -> GridFile:
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe != expected:
             raise UserError(f"{path}: 'nfe' is {nfe!r}, but {method.name} on these {len(timesteps) - 1} steps "
                             f"makes {expected} model evaluations")
-    sha, schedule = recorded_identity(path, data)
-    return GridFile(str(path), timesteps, data["method"], nfe, sha, schedule)
+    return GridFile(str(path), timesteps, data["method"], nfe, *recorded_identity(path, data))
 
 
 def recorded_identity(path: Path, data: dict) -> tuple:
-    """(checkpoint_sha256, schedule) as a tuned file records them (None where it does not), checked for form."""
+    """(checkpoint_sha256, schedule, ema) as a tuned file records them (None where it does not; ema: the recorded
+    config's Model.ema, true when not recorded), checked for form."""
     sha = data.get("checkpoint_sha256")
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         raise UserError(f"{path}: 'checkpoint_sha256' must be 64 lowercase hex digits, got {sha!r}")
@@ -92,13 +93,21 @@ def recorded_identity(path: Path, data: dict) -> tuple:
         except (TypeError, ValueError):
             raise UserError(f"{path}: 'schedule' must be a config's Schedule section (type, beta_start, beta_end, "
                             f"diffusion_step), got {schedule!r}") from None
-    return sha, schedule
+    model = data["config"].get("Model") if isinstance(data.get("config"), dict) else None
+    ema = model.get("ema", True) if isinstance(model, dict) else True
+    if not isinstance(ema, bool):
+        raise UserError(f"{path}: the recorded config's Model.ema must be true or false, got {ema!r}")
+    return sha, schedule, ema
 
 
-def identity_mismatches(checkpoint_recorded: Optional[str], schedule_recorded: Optional[dict],
-                        checkpoint_sha256: str, schedule_section: dict) -> list:
-    """What differs between the network and schedule a file was tuned on and the job's (phrases for an error)."""
+def identity_mismatches(checkpoint_recorded: Optional[str], schedule_recorded: Optional[dict], ema_recorded: bool,
+                        checkpoint_sha256: str, schedule_section: dict, ema: bool) -> list:
+    """What differs between the network and schedule a file was tuned on and the job's (phrases for an error);
+    ``ema``: whether the job samples the checkpoint's EMA weights (Model.ema), another network of the same file."""
     mismatches = []
+    if ema_recorded != ema:
+        words = {True: "EMA weights", False: "raw weights (Model.ema: false)"}
+        mismatches.append(f"it was tuned on the checkpoint's {words[ema_recorded]}, this run uses its {words[ema]}")
     if checkpoint_recorded is None:
         mismatches.append("it does not record the checkpoint it was tuned for ('checkpoint_sha256')")
     elif checkpoint_recorded != checkpoint_sha256:
@@ -128,7 +137,7 @@ def _tuned_method(path: Path, name: str):
         raise UserError(f"{path}: {e}") from None
 
 
-def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule_section: dict,
+def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule_section: dict, ema: bool,
                    force: bool) -> None:
     """Refuse a grid tuned for another method, checkpoint or schedule unless ``force``."""
     from samplers import get_method
@@ -140,7 +149,8 @@ def check_grid_for(grid: GridFile, method: str, checkpoint_sha256: str, schedule
         tuned_for = grid.method
     if tuned_for.upper() != get_method(method).name.upper():
         mismatches.append(f"it was tuned for {grid.method}, not {method}")
-    mismatches += identity_mismatches(grid.checkpoint_sha256, grid.schedule, checkpoint_sha256, schedule_section)
+    mismatches += identity_mismatches(grid.checkpoint_sha256, grid.schedule, grid.ema, checkpoint_sha256,
+                                      schedule_section, ema)
     if mismatches and not force:
         raise ArgumentError(f"grid file {grid.path}: {'; '.join(mismatches)} (add --force to use it anyway)")
 

@@ -64,19 +64,38 @@ def versions() -> dict:
 
 def _git_state(root: Path = Path(__file__).resolve().parents[1]) -> tuple[Optional[str], Optional[bool]]:
     """The commit of the checkout at ``root`` (this code's) and whether tracked files differ from it, by asking
-    git (packed refs, worktrees and detached heads included); (None, None) outside a git checkout or without git."""
+    git (packed refs, worktrees and detached heads included; ``safe.directory`` for a checkout another user owns,
+    as a bind-mounted repository in a container is); without git, the commit read from .git's files and the
+    changes unknown; (None, None) outside a git checkout."""
     import subprocess
 
+    git = ["git", "-c", f"safe.directory={root}", "-C", str(root)]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None, None
-        diff = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True,
-                              timeout=30)
+        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            diff = subprocess.run(git + ["diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=30)
+            return head.stdout.strip(), {0: False, 1: True}.get(diff.returncode)
     except (OSError, subprocess.SubprocessError):
-        return None, None
-    return head.stdout.strip(), {0: False, 1: True}.get(diff.returncode)
+        pass
+    return _commit_from_files(root / ".git"), None
+
+
+def _commit_from_files(git_dir: Path) -> Optional[str]:
+    """HEAD's commit from a .git folder's files: a detached hash, or its branch's loose or packed ref."""
+    try:
+        ref = (git_dir / "HEAD").read_text().strip()
+        if not ref.startswith("ref: "):
+            return ref or None
+        name = ref[5:]
+        if (git_dir / name).is_file():
+            return (git_dir / name).read_text().strip()
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            sha, _, packed = line.partition(" ")
+            if packed == name:
+                return sha
+    except OSError:
+        pass
+    return None
 
 
 def samples_present(out_dir: Path) -> bool:

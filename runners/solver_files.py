@@ -30,6 +30,7 @@ class SolverFile:
     solver: LearnedSolver
     checkpoint_sha256: Optional[str]
     schedule: Optional[dict]
+    ema: bool = True  # learned on the checkpoint's EMA weights (the recorded config's Model.ema)
 
 
 def is_solver_file(path) -> bool:
@@ -62,10 +63,11 @@ def read_solver_file(path) -> SolverFile:
     return SolverFile(str(path), solver, *recorded_identity(path, data))
 
 
-def check_solver_for(solver_file: SolverFile, checkpoint_sha256: str, schedule_section: dict, force: bool) -> None:
-    """Refuse a solver learned on another checkpoint or schedule unless ``force``."""
-    mismatches = identity_mismatches(solver_file.checkpoint_sha256, solver_file.schedule, checkpoint_sha256,
-                                     schedule_section)
+def check_solver_for(solver_file: SolverFile, checkpoint_sha256: str, schedule_section: dict, ema: bool,
+                     force: bool) -> None:
+    """Refuse a solver learned on another checkpoint (or its other weights) or schedule unless ``force``."""
+    mismatches = identity_mismatches(solver_file.checkpoint_sha256, solver_file.schedule, solver_file.ema,
+                                     checkpoint_sha256, schedule_section, ema)
     if mismatches and not force:
         raise ArgumentError(f"solver file {solver_file.path}: {'; '.join(mismatches)} (add --force to use it "
                             f"anyway)")

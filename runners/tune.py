@@ -71,7 +71,7 @@ def fixed_spacings(method: str) -> list:
 
 def largest_steps(method: str, nfe: int, T: int) -> int:
     """The most steps of ``method`` within ``nfe`` evaluations and the schedule's T timesteps (0 when not even
-    one step fits: F-PNDM below 10)."""
+    one step fits: F-PNDM's first step costs 4)."""
     m = get_method(method)
     return max((s for s in range(1, min(nfe, T) + 1) if m.nfe(s) <= nfe), default=0)
 

@@ -55,7 +55,7 @@ def run_training(job: TrainJob) -> dict:
     found = WorkdirCheckpoint.read(workdir, job.resume)
     with session(job.device) as dist, forked(dist.device):
         say = functools.partial(_say, dist)
-        plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world, workdir)
+        plan = _plan(cfg, s, dataset, schedule, (channels, size, size), dist.world)
         train = TrainState.create(cfg, s, dist.device, dist.rank)
         record = ConfigRecord(plan.config)
         if found.state is not None:
@@ -119,14 +119,15 @@ class WorkdirBefore:
             write_atomic(workdir / CONFIG, lambda fh: fh.write(self.config))
 
 
-def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int, workdir: Path) -> RunPlan:
+def _plan(cfg: dict, s: Settings, dataset: Dataset, schedule, shape: tuple, world: int) -> RunPlan:
     per_step = s.batch_size * world
     steps_per_epoch = len(dataset) // per_step
     if steps_per_epoch == 0:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one step's {s.batch_size} × {world} "
                           "process(es)")
     total = s.max_steps if s.max_steps is not None else s.epochs * steps_per_epoch
-    weights = workdir.resolve() / CHECKPOINTS / (EMA_FILE if s.ema else LAST)
+    # relative to W/config.yml, where config paths are read from: a copied or moved run names its own weights
+    weights = f"{CHECKPOINTS}/{EMA_FILE if s.ema else LAST}"
     return RunPlan(dataset, schedule, shape, per_step, steps_per_epoch, total,
                    effective_config(cfg, s, total, weights))
 

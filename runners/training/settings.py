@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import yaml
@@ -152,12 +151,12 @@ def check_model_config(cfg: dict) -> tuple[int, int]:
     return int(channels), int(size)
 
 
-def effective_config(cfg: dict, s: Settings, total_steps: int, weights: Path) -> dict:
+def effective_config(cfg: dict, s: Settings, total_steps: int, weights: str) -> dict:
     """The config with the resolved training values written into Train (what W/config.yml records), and
-    Model.ckpt naming the run's own ``weights``: the config's checkpoint (the released model the file was
-    written for) would otherwise be what ``main.py sample --config W/config.yml`` samples."""
+    Model.ckpt naming the run's own ``weights`` (a path relative to W): the config's checkpoint (the released
+    model the file was written for) would otherwise be what ``main.py sample --config W/config.yml`` samples."""
     out = copy.deepcopy(cfg)
-    out.setdefault("Model", {})["ckpt"] = str(weights)
+    out.setdefault("Model", {})["ckpt"] = weights
     train = out.setdefault("Train", {})
     train.update({"loss_type": s.loss_type, "batch_size": s.batch_size, "max_steps": total_steps, "ema": s.ema,
                   "ema_rate": s.ema_rate, "snapshot_freq": s.snapshot_freq, "sample_freq": s.sample_freq,

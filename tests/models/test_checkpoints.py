@@ -456,3 +456,18 @@ def test_layout_hint_names_the_configured_model_when_it_is_closest(golden, tmp_p
     torch.save(state, tmp_path / "short.ckpt")
     with pytest.raises(CheckpointError, match="closest is the configured model itself"):
         load_model(golden["config"], tmp_path / "short.ckpt")
+
+
+def test_an_unrelated_config_json_next_to_a_weights_file_is_not_read_as_diffusers(golden, tmp_path):
+    # only a config.json diffusers wrote decides ε: another tool's file of that name blocked a loadable file
+    out = export_diffusers(_golden_model(golden), golden["config"], tmp_path / "d")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (out / "diffusion_pytorch_model.safetensors").rename(folder / "unet.safetensors")
+    (folder / "config.json").write_text(json.dumps({"learning_rate": 2e-4, "seed": 0}))
+    model = load_model(golden["config"], folder / "unet.safetensors")
+    assert torch.allclose(_eps(model, golden), golden["eps"], atol=1e-5)
+    # a diffusers one is read, and its errors name it
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "block_out_channels": None}))
+    with pytest.raises(CheckpointError, match=r"mine/config.json: diffusers config has block_out_channels=None"):
+        load_model(golden["config"], folder / "unet.safetensors")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from main import main
@@ -75,6 +76,12 @@ def env(tmp_path_factory):
         change(data)
         np.savez(root / f"{name}.npz", **data)
         paths[name] = root / f"{name}.npz"
+    for name, section, key, value in (("seed_cfg", "Sample", "seed", -1), ("steps_cfg", "FID", "steps", "5,x"),
+                                      ("ckpt_cfg", "Model", "ckpt", str(root / "none.pt"))):
+        bad = yaml.safe_load(cfg.read_text())
+        bad.setdefault(section, {})[key] = value
+        (root / f"{name}.yml").write_text(yaml.safe_dump(bad))
+        paths[name] = root / f"{name}.yml"
     (root / "garbage.bin").write_bytes(bytes(range(256)) * 7)
     paths["garbage"] = root / "garbage.bin"
     (root / "a_file").write_text("x")
@@ -243,17 +250,17 @@ CASES = [
     Case("ablate: negative seed", A + ["--seeds", "0,-1"], 2, "--seeds must be at least 0"),
     Case("ablate: --seed (sample's flag) was ignored", A + ["--seed", "7"], 2, "ablate takes --seeds"),
     # a bad config value is named by its key and file, not by a flag the user never typed
-    Case("config: negative Sample.seed", S + ["--set", "Sample.seed=-1"], 2,
-         "Sample.seed in {cfg} must be at least 0, got -1"),
-    Case("config: zero Sample.batch_size", S + ["--set", "Sample.batch_size=0"], 2,
-         "Sample.batch_size in {cfg} must be at least 1"),
-    Case("config: FID.steps not numbers", A[:-4] + ["--methods", "DDIM", "--set", "FID.steps=5,x"], 2,
-         "FID.steps in {cfg} '5,x': expected a comma-separated list of ints"),
-    Case("config: negative FID.seeds", A + ["--set", "FID.seeds=-1"], 2, "FID.seeds in {cfg} must be at least 0"),
-    Case("config: missing Model.ckpt", S + ["--set", "Model.ckpt={root}/none.pt"], 2,
-         "checkpoint not found: {root}/none.pt (Model.ckpt in {cfg})"),
-    Case("config: missing FID.stats", S + ["--fid", "--set", "FID.stats={root}/none.npz"], 2,
-         "statistics file not found: {root}/none.npz (FID.stats in {cfg})"),
+    Case("config: negative Sample.seed", S[:2] + ["{seed_cfg}"] + S[3:], 2,
+         "Sample.seed in {seed_cfg} must be at least 0, got -1"),
+    Case("--set: zero Sample.batch_size", S + ["--set", "Sample.batch_size=0"], 2,
+         "--set Sample.batch_size must be at least 1"),
+    Case("config: FID.steps not numbers", A[:2] + ["{steps_cfg}"] + A[3:-4] + ["--methods", "DDIM"], 2,
+         "FID.steps in {steps_cfg} '5,x': expected a comma-separated list of ints"),
+    Case("--set: negative FID.seeds", A + ["--set", "FID.seeds=-1"], 2, "--set FID.seeds must be at least 0"),
+    Case("config: missing Model.ckpt", S[:2] + ["{ckpt_cfg}"] + S[3:], 2,
+         "checkpoint not found: {root}/none.pt (Model.ckpt in {ckpt_cfg})"),
+    Case("--set: missing FID.stats", S + ["--fid", "--set", "FID.stats={root}/none.npz"], 2,
+         "statistics file not found: {root}/none.npz (--set FID.stats)"),
     Case("ablate: unknown method", A[:-2] + ["--methods", "DDIM,RK9"], 2, "unknown method 'RK9'"),
 ]
 
@@ -421,3 +428,20 @@ def test_ablate_help_does_not_offer_the_seed_flag_it_refuses(capsys):
         main(["ablate", "--help"])
     out = capsys.readouterr().out
     assert "--seeds" in out and "--seed " not in out and "--seed=" not in out
+
+
+def test_a_network_returning_nan_in_ablates_reference_solve_is_one_line(env, tmp_path, monkeypatch, capsys):
+    # the cells sampled fine, the reference's many-step solve met NaN at t in (401, 449): a traceback, exit 1
+    import runners.ablate
+
+    real = runners.ablate.load_eps
+
+    def nan_between(*a, **k):
+        eps = real(*a, **k)
+        return lambda x, t: torch.where(((t > 401) & (t < 449)).view(-1, 1, 1, 1), torch.nan, eps(x, t))
+
+    monkeypatch.setattr(runners.ablate, "load_eps", nan_between)
+    code = main(["ablate", "--config", str(env["cfg"]), "--device", "cpu", "--out", str(tmp_path / "a"),
+                 "--methods", "DDIM", "--steps", "5", "--num-samples", "4", "--reference-samples", "2"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "non-finite ε" in err[0], err

@@ -90,13 +90,15 @@ def test_the_config_key_names_a_solver_too(tiny, tmp_path):
     ("checkpoint", "tuned for checkpoint"),
     ("schedule", "tuned for schedule"),
     ("unrecorded", "does not record the checkpoint"),
+    ("raw_weights", "tuned on the checkpoint's raw weights (Model.ema: false)"),  # another network of the file
 ])
 def test_a_solver_for_another_network_or_schedule_needs_force(tiny, tmp_path, capsys, case, message):
     cfg, ckpt = tiny
     (tmp_path / "other").mkdir()
     _, other_ckpt = write_tiny(tmp_path / "other", seed=1)
     path = solver_file(tmp_path / "s.json", other_ckpt if case == "checkpoint" else ckpt,
-                       **({"schedule": {"type": "cosine"}} if case == "schedule" else {}))
+                       **({"schedule": {"type": "cosine"}} if case == "schedule" else
+                          {"config": {"Model": {"ema": False}}} if case == "raw_weights" else {}))
     if case == "unrecorded":
         data = json.loads(path.read_text())
         del data["checkpoint_sha256"]
@@ -200,7 +202,7 @@ def test_tune_solver_end_to_end_then_sample_with_it(tiny, tmp_path, capsys):
     (("--nfe", 3, "--compare", "PF"), "adaptive"),
     (("--nfe", 3, "--iterations", -1), "--iterations must be"),
     # checked before learning: the comparison after it had no method to compare with (traceback, run lost)
-    (("--nfe", 3, "--compare", "F-PNDM"), "--compare F-PNDM: not one step fits in NFE 3"),
+    (("--nfe", 3, "--compare", "F-PNDM"), "--compare: not one step of F-PNDM fits in NFE 3 (F-PNDM needs 4)"),
 ])
 def test_tune_solver_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
     cfg, _ = tiny

@@ -472,7 +472,7 @@ def test_the_manifest_config_of_pf_and_eta_runs_loads_again(tiny, tmp_path):
         assert all(sample_path(first, i, 2).read_bytes() == sample_path(again, i, 2).read_bytes() for i in range(2))
 
 
-def test_manifest_commit_is_read_through_git_also_with_packed_refs(tmp_path):
+def test_manifest_commit_is_read_through_git_also_with_packed_refs(tmp_path, monkeypatch):
     # only loose ref files were read: after git gc / pack-refs, or in a worktree, the manifest said "commit": null
     import shutil
 
@@ -489,3 +489,7 @@ def test_manifest_commit_is_read_through_git_also_with_packed_refs(tmp_path):
     assert _git_state(tmp_path) == (None, None)  # not a checkout
     assert versions()["commit"] == subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                                                   text=True, check=True).stdout.strip()
+    # without a usable git (none installed, or one that refuses the checkout): the commit from .git's files
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "README.md"], check=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert _git_state(clone) == (head, None)

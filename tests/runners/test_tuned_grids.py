@@ -81,6 +81,9 @@ def test_the_config_key_names_a_grid_too(tiny, tmp_path):
     ("schedule", "tuned for schedule"),
     ("noise_schedule", "tuned for schedule"),  # improved-diffusion's spelling of cosine was read as linear
     ("unrecorded", "does not record the checkpoint"),  # a hand-written grid: provenance unknown
+    # Model.ema picks another network from the same file: a grid tuned on one was accepted for the other
+    ("raw_weights", "tuned on the checkpoint's raw weights (Model.ema: false), this run uses its EMA weights"),
+    ("for_raw_weights", "tuned on the checkpoint's EMA weights, this run uses its raw weights"),
 ])
 def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_path, capsys, case, message):
     cfg, ckpt = tiny
@@ -90,8 +93,10 @@ def test_a_grid_for_another_network_method_or_schedule_needs_force(tiny, tmp_pat
             "method": lambda: grid_file(tmp_path / "g.json", ckpt),
             "schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"type": "cosine"}),
             "noise_schedule": lambda: grid_file(tmp_path / "g.json", ckpt, schedule={"noise_schedule": "cosine"}),
-            "unrecorded": lambda: unrecorded(grid_file(tmp_path / "g.json", ckpt))}[case]()
-    extra = ("--method", "S-PNDM") if case == "method" else ()
+            "unrecorded": lambda: unrecorded(grid_file(tmp_path / "g.json", ckpt)),
+            "raw_weights": lambda: grid_file(tmp_path / "g.json", ckpt, config={"Model": {"ema": False}}),
+            "for_raw_weights": lambda: grid_file(tmp_path / "g.json", ckpt)}[case]()
+    extra = {"method": ("--method", "S-PNDM"), "for_raw_weights": ("--set", "Model.ema=false")}.get(case, ())
     assert run("sample", "--config", cfg, "--out", tmp_path / "out", "--num-samples", 2, "--timesteps-file", path,
                *extra) == 2
     err = capsys.readouterr().err.strip()
