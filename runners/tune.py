@@ -7,7 +7,6 @@ never scored on the noise it was tuned on.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -18,7 +17,7 @@ from samplers import get_method, sample, search_timesteps, tune_timesteps
 from samplers.grids import SPACINGS
 from samplers.tuning import check_differentiable, teacher_solve
 
-from .errors import ArgumentError, ModelOutputError, UserError
+from .errors import ArgumentError, UserError
 from .files import OutputLock, write_json_atomic
 from .grid_files import FORMAT
 from .jobs import TuneJob, is_centered
@@ -96,20 +95,8 @@ def compare(eps, job: TuneJob, grid: list, x_T: torch.Tensor, reference: torch.T
 
 def run_tune_job(job: TuneJob) -> dict:
     # two tunings into one file: the second is refused, not silently last
-    with OutputLock.for_file(job.out), nonfinite_model_is_a_user_error():
+    with OutputLock.for_file(job.out):
         return _run_tune_job(job)
-
-
-@contextlib.contextmanager
-def nonfinite_model_is_a_user_error():
-    """A network that returns NaN or inf (``sample`` and the tuners raise FloatingPointError) ends in one line."""
-    try:
-        yield
-    except FloatingPointError as e:
-        if isinstance(e, UserError):
-            raise
-        raise ModelOutputError(f"{e}: the network's output is not finite, so nothing can be tuned on it") \
-            from None
 
 
 def tuning_inputs(job) -> tuple:

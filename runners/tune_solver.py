@@ -22,13 +22,12 @@ from .files import OutputLock, write_json_atomic
 from .jobs import TuneSolverJob
 from .sampling import versions
 from .solver_files import FORMAT
-from .tune import (fixed_spacings, largest_steps, nonfinite_model_is_a_user_error, rms_per_sample,
-                   summary, teacher_of, tuning_inputs)
+from .tune import fixed_spacings, largest_steps, rms_per_sample, summary, teacher_of, tuning_inputs
 
 
 def run_tune_solver_job(job: TuneSolverJob) -> dict:
     # two runs into one file: the second is refused, not silently last
-    with OutputLock.for_file(job.out), nonfinite_model_is_a_user_error():
+    with OutputLock.for_file(job.out):
         return _run(job)
 
 
